@@ -1,0 +1,163 @@
+"""The base role, by behaviour: what a peer host, an operator or an attacker would see."""
+
+import json
+from pathlib import Path
+
+import pytest
+import testlib
+
+SCENARIO = Path(__file__).resolve().parents[1]
+HOSTS = ["base-12", "base-13"]
+# base-12 is the listed app host (see converge.yml); base-13 is not.
+LISTED, UNLISTED = "base-12", "base-13"
+
+
+@pytest.fixture(scope="module")
+def hosts():
+    return {name: testlib.host(name) for name in HOSTS}
+
+
+@pytest.fixture(scope="module")
+def probe_listeners(hosts):
+    with testlib.listeners([(h, port) for h in hosts.values() for port in (443, 6379, 8080)]):
+        yield
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_firewall_ruleset_is_loaded_with_default_drop(hosts, name):
+    ruleset = json.loads(hosts[name].check_output("nft -j list table inet multinotes_filter"))
+    chains = {c["chain"]["name"]: c["chain"] for c in ruleset["nftables"] if "chain" in c}
+    assert chains["input"]["hook"] == "input"
+    assert chains["input"]["policy"] == "drop"
+
+
+@pytest.mark.parametrize("src,dst,port,expected", [
+    ("base-13", "base-12", 22, True),     # SSH is public
+    ("base-12", "base-13", 443, True),    # HTTPS is public
+    ("base-13", "base-12", 443, True),
+    ("base-12", "base-13", 6379, True),   # private port, from the listed app host
+    ("base-13", "base-12", 6379, False),  # private port, from a host that is not listed
+    ("base-12", "base-13", 8080, False),  # a port nobody opened
+    ("base-13", "base-12", 8080, False),
+])
+def test_tcp_reachability_from_a_peer(hosts, probe_listeners, src, dst, port, expected):
+    reached = testlib.tcp_connects(hosts[src], testlib.address(hosts[dst]), port)
+    assert reached is expected, f"{src} -> {dst}:{port} connected={reached}, expected {expected}"
+
+
+@pytest.mark.parametrize("name", HOSTS)
+@pytest.mark.parametrize("port", [6379, 8080])
+def test_refused_ports_do_have_a_listener(hosts, probe_listeners, name, port):
+    # The refusals above are the firewall's doing: locally, each of these ports answers.
+    assert testlib.tcp_connects(hosts[name], "127.0.0.1", port)
+
+
+@pytest.mark.parametrize("src,dst", [("base-12", "base-13"), ("base-13", "base-12")])
+def test_ssh_offers_no_password_login(hosts, src, dst):
+    result = hosts[src].run(
+        "ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+        "-o ConnectTimeout=5 -o PreferredAuthentications=password,keyboard-interactive root@%s true",
+        testlib.address(hosts[dst]))
+    assert result.rc == 255
+    assert "Permission denied (publickey)" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_sshd_effective_config_is_hardened(hosts, name):
+    effective = {}
+    for line in hosts[name].check_output("sshd -T").splitlines():
+        key, _, value = line.partition(" ")
+        effective.setdefault(key, []).append(value)
+    effective = {key: " ".join(values) for key, values in effective.items()}
+    assert effective["passwordauthentication"] == "no"
+    assert effective["kbdinteractiveauthentication"] == "no"
+    assert effective["permitrootlogin"] == "without-password"
+    assert effective["allowgroups"].split() == ["sudo", "root"]
+    testlib.assert_active(hosts[name], "ssh")
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_app_user_cannot_log_in(hosts, name):
+    h = hosts[name]
+    result = h.run("su - multinotes -c true")
+    assert result.rc != 0
+    assert "not available" in result.stdout + result.stderr
+    user = h.user("multinotes")
+    assert user.shell == "/usr/sbin/nologin"
+    assert user.group == "multinotes"
+    assert h.check_output("getent shadow multinotes").split(":")[1].startswith("!")
+    home = h.file("/srv/multinotes")
+    assert (home.user, home.group, home.mode) == ("multinotes", "multinotes", 0o750)
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_chrony_answers_and_time_is_utc(hosts, name):
+    h = hosts[name]
+    testlib.assert_active(h, "chrony")
+    assert h.run("chronyc -n tracking").rc == 0
+    assert h.check_output("timedatectl show -p Timezone --value") == "Etc/UTC"
+    assert h.check_output("date +%Z") == "UTC"
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_unattended_upgrades_take_security_updates_only(hosts, name):
+    h = hosts[name]
+    for timer in ("apt-daily.timer", "apt-daily-upgrade.timer"):
+        testlib.assert_active(h, timer)
+    assert 'APT::Periodic::Unattended-Upgrade "1";' in h.check_output("apt-config dump APT::Periodic")
+    dry = h.run("unattended-upgrade --dry-run --debug")
+    assert dry.rc == 0, dry.stdout + dry.stderr
+    line = next(line for line in (dry.stdout + dry.stderr).splitlines() if "Allowed origins are" in line)
+    origins = line.split(":", 1)[1].strip().split(", ")
+    assert origins and all("label=Debian-Security" in origin for origin in origins), origins
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_journal_is_persistent(hosts, name):
+    h = hosts[name]
+    h.check_output("logger -t base-test journal-probe-%s", name)
+    h.check_output("journalctl --flush")
+    assert f"journal-probe-{name}" in h.check_output("journalctl -t base-test --no-pager")
+    machine_id = h.file("/etc/machine-id").content_string.strip()
+    assert h.file(f"/var/log/journal/{machine_id}/system.journal").exists
+    effective = h.check_output("systemd-analyze cat-config systemd/journald.conf")
+    assert "SystemMaxUse=1G" in effective and "MaxRetentionSec=1month" in effective
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_sysctl_hardening_is_written_and_not_applied_in_a_container(hosts, name):
+    h = hosts[name]
+    conf = h.file("/etc/sysctl.d/60-multinotes-hardening.conf").content_string
+    assert "net.ipv4.tcp_syncookies = 1" in conf and "kernel.kptr_restrict = 2" in conf
+    # Inside a container the kernel is the host's: the role must not have tried to apply it.
+    assert h.run("sysctl -w kernel.kptr_restrict=2").rc != 0
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_stopping_the_firewall_keeps_other_tables(hosts, name):
+    h = hosts[name]
+    h.check_output("nft add table inet someone_else")
+    try:
+        h.check_output("systemctl restart nftables")
+        tables = h.check_output("nft list tables")
+        assert "someone_else" in tables and "multinotes_filter" in tables
+    finally:
+        h.run("nft delete table inet someone_else")
+
+
+@pytest.mark.parametrize("bad_vars,named", [
+    ({"base_firewall_public_tcp_ports": [22, "http"]}, "base_firewall_public_tcp_ports"),
+    ({"base_firewall_private_tcp_ports": [70000]}, "base_firewall_private_tcp_ports"),
+    ({"base_ssh_allow_groups": [], "base_ssh_allow_users": []}, "base_ssh_allow_groups"),
+    ({"base_app_user": "1 bad user"}, "base_app_user"),
+    ({"base_firewall_private_sources": ["app-host-one"]}, "base_firewall_private_sources"),
+    ({"base_journald_storage": "tape"}, "base_journald_storage"),
+    ({"base_firewall_public_tcp_ports": [80, 443], "base_firewall_private_tcp_ports": [443]},
+     "base_firewall_private_tcp_ports"),
+], ids=["port-name", "port-range", "ssh-lockout", "posix-name", "source-address", "choice", "private-public"])
+def test_bad_input_fails_before_any_change(bad_vars, named):
+    rc, out, recap = testlib.run_playbook(SCENARIO / "converge.yml", limit="base-12", extra_vars=bad_vars)
+    assert rc != 0, out
+    assert named in out, out
+    assert recap["base-12"]["changed"] == 0, out
+    assert recap["base-12"]["failed"] == 1, out
