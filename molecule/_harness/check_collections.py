@@ -21,7 +21,8 @@ def version_tuple(text):
 
 
 def main():
-    wanted = yaml.safe_load((ROOT / "collections/requirements.yml").read_text())["collections"]
+    source = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "collections/requirements.yml"
+    wanted = yaml.safe_load(source.read_text())["collections"]
     listing = subprocess.run(["ansible-galaxy", "collection", "list", "--format", "json"],
                              capture_output=True, text=True, check=True, cwd=ROOT).stdout
     installed = {}

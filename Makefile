@@ -1,0 +1,70 @@
+# MultinotesAI infrastructure: the two commands a newcomer needs are `make demo` and
+# `make test`. Everything else is a piece of those. See README.md.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV := .venv
+BIN := $(VENV)/bin
+PY ?= python3
+# Plain logs: CI reads them as text.
+export ANSIBLE_FORCE_COLOR := 0
+export PY_COLORS := 0
+export NO_COLOR := 1
+export ANSIBLE_NOCOLOR := 1
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+HARNESS := $(PY) molecule/_harness/harness.py
+SCENARIOS := $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
+PLAYBOOKS := site.yml $(wildcard playbooks/*.yml)
+
+.PHONY: help venv harness images lint syntax pytest scenario test test-matrix demo demo-down clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: requirements.txt constraints.txt
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
+	@touch $@
+
+venv: $(BIN)/.installed ## Create .venv with the pinned controller packages
+
+harness: ## Start (or reuse) the Docker engine and the apt cache
+	@$(HARNESS) engine
+	@$(HARNESS) cache
+
+images: harness ## Build the Debian 12/13 test-host images whose recipe changed
+	@$(HARNESS) images
+
+lint: venv ## yamllint, ansible-lint (production profile), secrets scan, pinned collections
+	yamllint --strict .
+	ansible-lint
+	$(PY) molecule/_harness/check_collections.py
+	git ls-files -z | xargs -0 detect-secrets-hook --baseline .secrets.baseline
+
+syntax: venv ## Syntax-check every playbook against every inventory
+	@set -e; for inv in inventories/*/; do for pb in $(PLAYBOOKS); do \
+	  ansible-playbook -i $$inv --syntax-check $$pb >/dev/null; echo "syntax ok: $$pb ($$inv)"; done; done
+
+pytest: venv ## The controller-side tests (repository layout, variables, harness)
+	pytest -q molecule/_harness/tests
+
+scenario: venv images ## One Molecule scenario, full sequence: make scenario S=<name>
+	@test -n "$(S)" || { echo "usage: make scenario S=<one of: $(SCENARIOS)>"; exit 2; }
+	molecule test -s $(S)
+
+test: venv images ## Everything: lint, syntax, pytest, every scenario; one summary line
+	@$(PY) molecule/_harness/testall.py
+
+test-matrix: venv ## Every scenario on both Debian 12 and 13 (see README)
+	@MULTINOTES_MATRIX=full $(PY) molecule/_harness/testall.py
+
+demo: venv images ## Converge the stack into local containers and print the URL
+	ansible-playbook molecule/_harness/create.yml -e @inventories/local/containers.yml
+	ansible-playbook -i inventories/local site.yml
+	@$(PY) molecule/_harness/demo_report.py
+
+demo-down: venv ## Remove the demo's containers
+	ansible-playbook molecule/_harness/destroy.yml -e @inventories/local/containers.yml
+
+clean: demo-down ## Remove the demo and the venv (images and the apt cache stay)
+	rm -rf $(VENV) .cache
