@@ -59,12 +59,12 @@ test-matrix: venv ## Every scenario on both Debian 12 and 13 (see README)
 	@MULTINOTES_MATRIX=full $(PY) molecule/_harness/testall.py
 
 demo: venv images ## Converge the stack into local containers and print the URL
-	ansible-playbook molecule/_harness/create.yml -e @inventories/local/containers.yml
+	ansible-playbook molecule/_harness/create.yml -e @demo/containers.yml
 	ansible-playbook -i inventories/local site.yml
 	@$(PY) molecule/_harness/demo_report.py
 
 demo-down: venv ## Remove the demo's containers
-	ansible-playbook molecule/_harness/destroy.yml -e @inventories/local/containers.yml
+	ansible-playbook molecule/_harness/destroy.yml -e @demo/containers.yml
 
 clean: demo-down ## Remove the demo and the venv (images and the apt cache stay)
 	rm -rf $(VENV) .cache
