@@ -14,6 +14,9 @@ SCENARIO = Path(__file__).resolve().parents[1]
 HOSTS = ["redis-12", "redis-13"]
 PEER = {"redis-12": "redis-13", "redis-13": "redis-12"}
 INSTANCES = {"broker": 6379, "cache": 6380}
+TLS_PORTS = {"broker": 6389, "cache": 6390}
+TLS_HOSTS = ["redis-13"]  # redis-12 keeps the default: no TLS listener
+CA = "/etc/ssl/redis-test/ca.crt"
 _VARS = yaml.safe_load((SCENARIO / "converge.yml").read_text())[0]["vars"]
 APP = ("multinotes", _VARS["redis_app_password"])
 MONITOR = ("monitor", _VARS["redis_monitor_password"])
@@ -117,7 +120,7 @@ def info(h, port, section):
 
 def cli(h, *args):
     """redis-cli, as an operator would type it; returns stdout + stderr."""
-    result = h.run("redis-cli --no-auth-warning " + " ".join(["%s"] * len(args)), *args)
+    result = h.run("timeout 10 redis-cli --no-auth-warning " + " ".join(["%s"] * len(args)), *args)
     return result.stdout + result.stderr
 
 
@@ -218,10 +221,25 @@ def test_listens_only_where_configured(hosts, name):
         addr, _, port = local.rpartition(":")
         if int(port) in (6379, 6380, 6389, 6390):
             listening.add((addr, int(port)))
-    assert listening == {(a, p) for a in ("127.0.0.1", private) for p in (6379, 6380)}, listening
+    expected_ports = list(INSTANCES.values()) + (list(TLS_PORTS.values()) if name in TLS_HOSTS else [])
+    assert listening == {(a, p) for a in ("127.0.0.1", private) for p in expected_ports}, listening
     # The peer reaches both instances on the private address (and is refused without a password, above).
     for port in INSTANCES.values():
         assert testlib.tcp_connects(hosts[PEER[name]], private, port)
+
+
+@pytest.mark.parametrize("name", TLS_HOSTS)
+@pytest.mark.parametrize("instance", INSTANCES)
+def test_tls_listener_answers_with_a_password_only(hosts, name, instance):
+    # On the private address: the certificate verifies against the host's test CA, the app
+    # user gets PONG, a client without credentials gets NOAUTH.
+    h = hosts[name]
+    target = testlib.address(h)
+    tls = ["--tls", "--cacert", CA, "-h", target, "-p", str(TLS_PORTS[instance])]
+    assert cli(h, *tls, "--user", APP[0], "--pass", APP[1], "PING").strip() == "PONG"
+    assert "NOAUTH" in cli(h, *tls, "PING")
+    # TLS only on that port: a plain-text client is not answered there.
+    assert "PONG" not in cli(h, "-h", target, "-p", str(TLS_PORTS[instance]), "--user", APP[0], "--pass", APP[1], "PING")
 
 
 @pytest.mark.parametrize("name", HOSTS)
