@@ -80,3 +80,18 @@ def test_missing_pinned_collection_fails_loudly(tmp_path):
 def test_pinned_collections_are_present():
     result = run(sys.executable, "molecule/_harness/check_collections.py")
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("host,ports", [
+    ("redis1.multinotesai.com", [6379, 6380]),
+    ("db1.multinotesai.com", [3306]),
+    ("web1.multinotesai.com", []),
+])
+def test_production_firewall_opens_data_ports_only_to_app_hosts(host, ports):
+    def value(var):
+        result = run("ansible", "-i", "inventories/production", host, "-m", "ansible.builtin.debug",
+                     "-a", f"var={var}", "-o")
+        assert result.returncode == 0, result.stdout + result.stderr
+        return json.loads(result.stdout.split("=>", 1)[1])[var]
+    assert value("base_firewall_private_tcp_ports") == ports
+    assert sorted(value("base_firewall_private_sources")) == ["10.0.1.11", "10.0.1.12", "10.0.1.21"]
