@@ -1,0 +1,313 @@
+"""The backup role, by behaviour: a real S3 server (rclone serve s3 on ops-s3, credentials
+enforced), real MariaDB and Redis, the real operator playbooks, a webhook receiver."""
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+
+import pytest
+import testlib
+
+SCENARIO = Path(__file__).resolve().parents[1]
+PROJECT = SCENARIO.parents[1]
+HOSTS = ["ops-12", "ops-13"]
+BUCKET_DIR = "/srv/s3/multinotesai-backups"
+ALERTS = "/var/log/ops-webhook.jsonl"
+
+
+def secret(name):
+    path = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "secrets" / name
+    return path.read_text().split()[0]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    return testlib.host("ops-s3")
+
+
+@pytest.fixture(scope="module")
+def hosts():
+    return {name: testlib.host(name) for name in HOSTS}
+
+
+@pytest.fixture(scope="module")
+def identity(s3):
+    return s3.check_output("grep AGE-SECRET-KEY /root/backup-test.key")
+
+
+def prefix_dir(name, store="mariadb", db="multinotes"):
+    return f"{BUCKET_DIR}/molecule/{name}/{store}/{db}"
+
+
+def objects(s3, directory):
+    out = s3.run("ls -1 %s", directory).stdout.split()
+    return sorted(out)
+
+
+def alerts(s3):
+    return [json.loads(line) for line in s3.run("cat %s", ALERTS).stdout.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def backed_up(hosts, s3):
+    """One run of playbooks/backup.yml on each host, as an operator would run it."""
+    results = {}
+    for name in HOSTS:
+        rc, out, recap = testlib.run_playbook(PROJECT / "playbooks/backup.yml", limit=name)
+        results[name] = (rc, out, recap)
+    return results
+
+
+def mariadb_facts(h, database):
+    rows = {}
+    tables = h.check_output(
+        "mariadb -N -B -e \"SELECT table_name FROM information_schema.tables WHERE table_schema='%s' "
+        "AND table_type='BASE TABLE' ORDER BY 1\"" % database).split()
+    for table in tables:
+        count = h.check_output("mariadb -N -B -e 'SELECT COUNT(*) FROM `%s`.`%s`'" % (database, table))
+        checksum = h.check_output("mariadb -N -B -e 'CHECKSUM TABLE `%s`.`%s`'" % (database, table)).split()[1]
+        rows[table] = (int(count), checksum)
+    return rows
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_backup_playbook_uploads_encrypted_dump_manifest_and_pointer(backed_up, s3, name):
+    rc, out, _ = backed_up[name]
+    assert rc == 0, out
+    listing = objects(s3, prefix_dir(name))
+    data = [f for f in listing if f.endswith(".sql.zst.age")]
+    assert data and "latest.json" in listing, listing
+    latest = json.loads(s3.check_output("cat %s/latest.json", prefix_dir(name)))
+    manifest = json.loads(s3.check_output("cat %s/%s.manifest.json", prefix_dir(name), latest["stamp"]))
+    assert manifest["tables"]["notes"]["rows"] == 5001
+    assert manifest["tables"]["tags"]["rows"] == 3000
+    # The manifest's sha256 and size are the stored object's.
+    path = f"{prefix_dir(name)}/{latest['stamp']}.sql.zst.age"
+    assert s3.check_output("sha256sum %s", path).split()[0] == manifest["sha256"]
+    assert int(s3.check_output("stat -c %%s %s", path)) == manifest["size"]
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_object_is_unreadable_without_the_key(backed_up, s3, name):
+    latest = json.loads(s3.check_output("cat %s/latest.json", prefix_dir(name)))
+    path = f"{prefix_dir(name)}/{latest['stamp']}.sql.zst.age"
+    assert s3.check_output("head -c 21 %s", path) == "age-encryption.org/v1"
+    assert s3.run("zstd -t %s", path).rc != 0
+    s3.check_output("age-keygen -o /tmp/other.key 2>/dev/null || true")
+    wrong = s3.run("age -d -i /tmp/other.key %s", path)
+    assert wrong.rc != 0 and "no identity matched" in wrong.stderr, wrong.stderr
+    # With the operator's key it decrypts to a zstd stream of the SQL dump.
+    plain = s3.check_output("age -d -i /root/backup-test.key %s | zstd -d | grep -c 'INSERT INTO `notes`'", path)
+    assert int(plain) >= 1
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_drill_restores_identical_rows_and_checksums(backed_up, hosts, identity, name):
+    h = hosts[name]
+    rc, out, recap = testlib.run_playbook(PROJECT / "playbooks/restore.yml", limit=name,
+                                          extra_vars={"backup_restore_identity": identity})
+    assert rc == 0, out
+    drill = json.loads(h.check_output("cat /var/lib/multinotes-backup/last-drill.json"))
+    assert drill["result"] == "pass" and drill["target"] == "multinotes_drill", drill
+    assert mariadb_facts(h, "multinotes_drill") == mariadb_facts(h, "multinotes")
+    # Routines, triggers and events came along.
+    assert "note_count" in h.check_output("mariadb -N -e 'SHOW PROCEDURE STATUS WHERE Db=\"multinotes_drill\"'")
+    assert "notes_audit" in h.check_output("mariadb -N -e 'SHOW TRIGGERS FROM multinotes_drill'")
+    assert "nightly" in h.check_output("mariadb -N -e 'SHOW EVENTS FROM multinotes_drill'")
+    # The private key did not stay on the host.
+    assert h.run("ls /run | grep -c multinotes-restore").stdout.strip() == "0"
+
+
+def test_restore_over_live_database_needs_confirmation(backed_up, identity):
+    rc, out, recap = testlib.run_playbook(PROJECT / "playbooks/restore.yml", limit="ops-12", extra_vars={
+        "backup_restore_identity": identity, "backup_restore_target": "multinotes"})
+    assert rc != 0, out
+    assert "backup_restore_confirm_live" in out
+    assert recap["ops-12"]["changed"] == 0, out
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_redis_snapshot_restores_into_a_fresh_instance(backed_up, hosts, identity, name):
+    h = hosts[name]
+    rc, out, _ = testlib.run_playbook(PROJECT / "playbooks/restore.yml", limit=name, extra_vars={
+        "backup_restore_identity": identity, "backup_restore_store": "redis",
+        "backup_restore_redis_output": "/var/lib/multinotes-backup/restore/dump.rdb"})
+    assert rc == 0, out
+    h.run("systemctl stop ops-fresh-redis; systemctl reset-failed ops-fresh-redis")
+    h.check_output("systemd-run --unit=ops-fresh-redis redis-server --port 6390 --bind 127.0.0.1 "
+                   "--dir /var/lib/multinotes-backup/restore --dbfilename dump.rdb --save ''")
+    try:
+        h.check_output("for i in $(seq 50); do redis-cli -p 6390 ping 2>/dev/null | grep -q PONG && exit 0; sleep 0.2; done; exit 1")
+        assert h.check_output("redis-cli -p 6390 GET ops:greeting") == "hello"
+        assert h.check_output("redis-cli -p 6390 HGET ops:user:1 plan") == "pro"
+        assert h.check_output("redis-cli -p 6390 LRANGE ops:queue 0 -1").split() == ["a", "b", "c"]
+    finally:
+        h.run("systemctl stop ops-fresh-redis")
+
+
+def stamp(days_ago, hour=10, base=None):
+    day = (base or dt.datetime.now(dt.timezone.utc)) - dt.timedelta(days=days_ago)
+    return day.replace(hour=hour, minute=0, second=0, microsecond=0).strftime("%Y%m%dT%H%M%SZ")
+
+
+S3_PUT = """
+import json, sys
+import boto3
+from botocore.config import Config
+s3 = json.load(open("/etc/multinotes-backup/config.json"))["s3"]
+c = boto3.client("s3", endpoint_url=s3["endpoint"], region_name=s3["region"], aws_access_key_id=s3["access_key"],
+                 aws_secret_access_key=s3["secret_key"], config=Config(s3={"addressing_style": "path"}))
+for key in sys.argv[1:]:
+    c.put_object(Bucket=s3["bucket"], Key=key, Body=b"seeded")
+"""
+
+
+def s3_put(h, keys):
+    """Seed objects through the S3 API, as another run would have left them."""
+    h.check_output("AWS_REQUEST_CHECKSUM_CALCULATION=when_required python3 -c %s " + " ".join(["%s"] * len(keys)),
+                   S3_PUT, *keys)
+
+
+def test_retention_deletes_exactly_what_is_outside_the_policy(hosts, s3):
+    today = dt.datetime.now(dt.timezone.utc)
+    monday = today - dt.timedelta(days=today.weekday())  # this week's Monday
+    keep = [stamp(1), stamp(10), stamp(29),
+            # weeks 6 and 8 back: only the newest of each week stays
+            stamp(0, 10, monday - dt.timedelta(days=40)), stamp(0, 10, monday - dt.timedelta(days=54))]
+    drop = [stamp(0, 10, monday - dt.timedelta(days=42)),  # Monday of week 6 back: older than its Wednesday
+            stamp(0, 8, monday - dt.timedelta(days=40)),   # same Wednesday, earlier hour
+            stamp(100), stamp(200)]
+    directory = prefix_dir("ops-12", db="retentiontest")
+    key = "molecule/ops-12/mariadb/retentiontest/"
+    s3_put(hosts["ops-12"], [key + st + ext for st in keep + drop for ext in (".sql.zst.age", ".manifest.json")]
+           # A run that never finished (no manifest) days ago: cleaned up as well.
+           + [key + stamp(3) + ".sql.zst.age"])
+    result = hosts["ops-12"].run("multinotes-backup prune mariadb retentiontest")
+    assert result.rc == 0, result.stderr
+    left = {f.split(".")[0] for f in objects(s3, directory)}
+    assert left == set(keep), f"kept {sorted(left)}, expected {sorted(keep)}\n{result.stderr}"
+
+
+def bad_config(h, path, **changes):
+    cfg = json.loads(h.check_output("cat /etc/multinotes-backup/config.json"))
+    for dotted, value in changes.items():
+        node = cfg
+        *parents, leaf = dotted.split("__")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    h.check_output("install -m 0600 /dev/null %s", path)
+    h.check_output("python3 -c 'import sys; open(sys.argv[1], \"w\").write(sys.argv[2])' %s %s", path, json.dumps(cfg))
+    return path
+
+
+FAILING_DUMP = "#!/bin/sh\n# emits 80 MB (a multipart upload starts), then fails like a dump that lost its server\nhead -c 83886080 /dev/urandom\necho 'mysqldump: Error 2013: Lost connection' >&2\nexit 2\n"
+
+
+@pytest.mark.parametrize("case,changes,expect", [
+    ("wrong-credentials", {"s3__secret_key": "not-the-secret"}, "SignatureDoesNotMatch|AccessDenied|InvalidAccessKeyId|403"),  # pragma: allowlist secret
+    ("unreachable-endpoint", {"s3__endpoint": "http://127.0.0.1:9"}, "Could not connect|Connection refused|EndpointConnectionError"),
+    ("failing-dump", {"mariadb__dump_command": "/usr/local/bin/ops-failing-dump"}, "Lost connection"),
+    ("full-disk", {"s3__bucket": "ops-full", "mariadb__dump_command": "/usr/local/bin/ops-big-dump"}, "upload|Error|error"),
+])
+def test_failure_alerts_and_leaves_no_trace(backed_up, hosts, s3, case, changes, expect):
+    import re
+
+    h = hosts["ops-12"]
+    h.check_output("printf '%%s' %s > /usr/local/bin/ops-failing-dump && chmod 0755 /usr/local/bin/ops-failing-dump",
+                   FAILING_DUMP.replace("'", ""))
+    h.check_output("printf '#!/bin/sh\\nhead -c 83886080 /dev/urandom\\n' > /usr/local/bin/ops-big-dump && "
+                   "chmod 0755 /usr/local/bin/ops-big-dump")
+    config = bad_config(h, f"/etc/multinotes-backup/{case}.json", **changes)
+    before = objects(s3, prefix_dir("ops-12"))
+    latest_before = s3.check_output("cat %s/latest.json", prefix_dir("ops-12"))
+    alerts_before = len(alerts(s3))
+    try:
+        result = h.run("MULTINOTES_BACKUP_CONFIG=%s multinotes-backup mariadb", config)
+    finally:
+        h.run("rm -f %s", config)
+    assert result.rc != 0, result.stderr
+    assert re.search(expect, result.stderr), result.stderr
+    new = alerts(s3)[alerts_before:]
+    assert len(new) == 1 and new[0]["check"] == "backup-mariadb" and new[0]["host"] == "ops-12", new
+    # Previous backups and the latest pointer are untouched, nothing partial was left.
+    assert objects(s3, prefix_dir("ops-12")) == before
+    assert s3.check_output("cat %s/latest.json", prefix_dir("ops-12")) == latest_before
+    assert s3.run("find /srv/s3/ops-full -type f").stdout.strip() == ""
+
+
+def test_overlapping_run_exits_and_alerts(backed_up, hosts, s3):
+    h = hosts["ops-12"]
+    h.check_output("systemd-run --unit=ops-hold-lock flock /run/lock/multinotes-backup-mariadb.lock sleep 60")
+    try:
+        h.check_output("sleep 1")
+        before = len(alerts(s3))
+        result = h.run("multinotes-backup mariadb")
+        assert result.rc != 0 and "another run holds" in result.stderr, result.stderr
+        assert len(alerts(s3)) == before + 1
+    finally:
+        h.run("systemctl stop ops-hold-lock")
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_freshness_check_passes_after_a_backup_and_alerts_when_stale(backed_up, hosts, s3, name):
+    h = hosts[name]
+    fresh = h.run("multinotes-backup check-freshness")
+    assert fresh.rc == 0, fresh.stderr
+    stale = f"molecule/stale-{name}/mariadb/multinotes/{stamp(2)}"
+    s3_put(h, [stale + ".sql.zst.age", stale + ".manifest.json"])
+    config = bad_config(h, "/etc/multinotes-backup/stale.json", s3__prefix=f"molecule/stale-{name}",
+                        redis__enabled=False)
+    before = len(alerts(s3))
+    result = h.run("MULTINOTES_BACKUP_CONFIG=%s multinotes-backup check-freshness", config)
+    assert result.rc != 0 and f"newest backup {stamp(2)} is older than" in result.stderr, result.stderr
+    new = alerts(s3)[before:]
+    assert [a["check"] for a in new] == ["check-freshness"], new
+
+
+@pytest.mark.parametrize("days,alerted", [(10, True), (90, False)])
+def test_certificate_expiry_check(hosts, s3, days, alerted):
+    h = hosts["ops-13"]
+    h.check_output("rm -rf /etc/ssl/ops-test && mkdir -p /etc/ssl/ops-test")
+    h.check_output("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout /dev/null "
+                   "-out /etc/ssl/ops-test/site.pem -days %s -subj /CN=ops.test 2>/dev/null", str(days))
+    before = len(alerts(s3))
+    result = h.run("multinotes-backup check-certs")
+    assert (result.rc != 0) is alerted, result.stderr
+    new = alerts(s3)[before:]
+    assert [a["check"] for a in new] == (["check-certs"] if alerted else []), new
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_cron_runs_the_backup_and_checks(hosts, name):
+    h = hosts[name]
+    testlib.assert_active(h, "cron")
+    cron = h.file("/etc/cron.d/multinotes-backup")
+    assert (cron.user, cron.mode) == ("root", 0o644)
+    assert "17 2 * * * root systemd-cat -t multinotes-backup /usr/local/sbin/multinotes-backup all" in cron.content_string
+    assert "check-freshness" in cron.content_string and "check-certs" in cron.content_string
+    config = h.file("/etc/multinotes-backup/config.json")
+    assert (config.user, config.mode) == ("root", 0o600)
+
+
+def test_backup_logs_reach_the_journal(backed_up, hosts):
+    h = hosts["ops-12"]
+    h.check_output("journalctl --flush")
+    assert "uploaded s3://" in h.check_output("journalctl -t multinotes-backup --no-pager -n 50")
+
+
+@pytest.mark.parametrize("bad_vars,named", [
+    ({"backup_age_recipients": ["not-a-key"]}, "backup_age_recipients"),
+    ({"backup_s3_endpoint": "ftp://ops-s3"}, "backup_s3_endpoint"),
+    ({"backup_retention_weekly_days": 7}, "backup_retention_weekly_days"),
+    ({"backup_compress_tool": "xz"}, "backup_compress_tool"),
+    ({"backup_mariadb_databases": ["multi notes"]}, "backup_mariadb_databases"),
+    ({"backup_cron_schedule": "daily"}, "backup_cron_schedule"),
+])
+def test_bad_input_fails_before_any_change(bad_vars, named):
+    rc, out, recap = testlib.run_playbook(SCENARIO / "converge.yml", limit="ops-12", extra_vars=bad_vars)
+    assert rc != 0, out
+    assert named in out, out
+    assert recap["ops-12"]["changed"] == 0, out
+    assert recap["ops-12"]["failed"] == 1, out
