@@ -20,6 +20,7 @@ PEER = {"web-12": "web-13", "web-13": "web-12"}
 HOSTS = list(APEX)
 ROOT = "/tmp/pebble-root.pem"  # Pebble's issuing root, on the client
 LOGIN_BURST = 3  # converge.yml: nginx_login_limit_burst
+API_BURST = 20  # the role's default nginx_api_limit_burst
 FLAG = "/var/lib/multinotes-nginx/maintenance.on"
 MIB = 1024 * 1024
 PROTOCOL = {"-tls1": "TLSv1", "-tls1_1": "TLSv1.1", "-tls1_2": "TLSv1.2", "-tls1_3": "TLSv1.3"}
@@ -278,6 +279,22 @@ def test_login_gets_429_after_the_burst_and_other_paths_do_not(web, host, path, 
     assert codes == ["200"] * (LOGIN_BURST + 1) + ["429"], codes
     other = sh("curl", "-sk", *resolve, "-o", "/dev/null", "-w", "%{http_code}", f"https://{apex}/notes/")
     assert src.check_output(other) == "200"
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_api_gets_429_per_client_beyond_its_burst(web, host):
+    # 60 requests on one connection arrive within a second or two: the API burst (20) plus
+    # what the rate refills pass, then 429s. The limit is per client address: the peer,
+    # which has not used the API, still gets 200 right after.
+    apex = APEX[host]
+    resolve = ["--resolve", f"{apex}:443:127.0.0.1"]
+    # One -o per URL: curl pairs each output option with the next URL.
+    urls = [arg for i in range(60) for arg in ("-o", "/dev/null", f"https://{apex}/api/notes/{i}/")]
+    codes = web[host].check_output(sh("curl", "-sk", *resolve, "-w", "%{http_code} ", *urls)).split()
+    assert codes[:API_BURST + 1] == ["200"] * (API_BURST + 1), codes
+    assert "429" in codes, codes
+    peer = sh("curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", f"https://{apex}/api/notes/")
+    assert web[PEER[host]].check_output(peer) == "200"
 
 
 @pytest.mark.parametrize("host", HOSTS)
