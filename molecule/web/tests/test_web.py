@@ -1,0 +1,409 @@
+"""The web edge (nginx + certbot), by behaviour: real HTTP(S) requests as a browser, an
+attacker or the ACME CA would make them, from the Pebble container (trusting the CA
+that issued the served certificate), from the peer web host and from loopback.
+"""
+
+import json
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import testinfra
+import testlib
+
+SCENARIO = Path(__file__).resolve().parents[1]
+APEX = {"web-12": "multinotes-12.test", "web-13": "multinotes-13.test"}
+NAMES = {host: [apex, f"www.{apex}", f"api.{apex}"] for host, apex in APEX.items()}
+PEER = {"web-12": "web-13", "web-13": "web-12"}
+HOSTS = list(APEX)
+ROOT = "/tmp/pebble-root.pem"  # Pebble's issuing root, on the client
+LOGIN_BURST = 3  # converge.yml: nginx_login_limit_burst
+API_BURST = 20  # the role's default nginx_api_limit_burst
+FLAG = "/var/lib/multinotes-nginx/maintenance.on"
+MIB = 1024 * 1024
+PROTOCOL = {"-tls1": "TLSv1", "-tls1_1": "TLSv1.1", "-tls1_2": "TLSv1.2", "-tls1_3": "TLSv1.3"}
+
+
+def expected_headers(host):
+    connect = " ".join(f"https://{name} wss://{name}" for name in NAMES[host])
+    return {
+        "Strict-Transport-Security": "max-age=31536000; includeSubDomains",
+        "X-Content-Type-Options": "nosniff",
+        "X-Frame-Options": "DENY",
+        "X-XSS-Protection": "1; mode=block",
+        "Content-Security-Policy": (
+            "default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval'; style-src 'self' 'unsafe-inline'; "
+            f"img-src 'self' data: https:; font-src 'self' data:; connect-src 'self' {connect};"),
+        "Referrer-Policy": "strict-origin-when-cross-origin",
+        "Permissions-Policy": ("accelerometer=(), camera=(), geolocation=(), gyroscope=(), magnetometer=(), "
+                               "microphone=(), payment=(), usb=()"),
+    }
+
+
+@dataclass
+class Response:
+    rc: int
+    status: int = 0
+    version: str = ""
+    headers: dict = field(default_factory=dict)
+    body: str = ""
+
+    def header(self, name):
+        return self.headers.get(name.lower(), [])
+
+
+def sh(*argv):
+    return " ".join(shlex.quote(str(a)) for a in argv)
+
+
+def fetch(client, url, *curl_args, cacert=ROOT, body=True):
+    """One request with curl; the last header block, parsed, and the body (text) unless body=False."""
+    tls = ["--cacert", cacert] if cacert else ["-k"]
+    show_body = "cat /tmp/t.b 2>/dev/null; " if body else ""
+    cmd = (sh("curl", "-sS", "--max-time", "120", *tls, "-D", "/tmp/t.h", "-o", "/tmp/t.b", *curl_args, url)
+           + "; rc=$?; cat /tmp/t.h 2>/dev/null; echo '=====BODY====='; " + show_body
+           + "rm -f /tmp/t.h /tmp/t.b; exit $rc")
+    result = client.run(cmd)
+    head, _, text = result.stdout.partition("=====BODY=====\n")
+    blocks = [b for b in head.replace("\r\n", "\n").split("\n\n") if b.strip()]
+    response = Response(rc=result.rc, body=text)
+    if blocks:
+        lines = blocks[-1].strip().split("\n")
+        response.version, status = lines[0].split()[:2]
+        response.status = int(status)
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            response.headers.setdefault(name.strip().lower(), []).append(value.strip())
+    return response
+
+
+def docker_host(name):
+    # The docker backend: each command is one `docker exec`, much faster than Ansible's.
+    return testinfra.get_host(f"docker://{name}")
+
+
+def main_pid(h):
+    return h.check_output("systemctl show -p MainPID --value nginx")
+
+
+def served_certificate(client, name, field_args="-serial"):
+    return client.check_output(
+        "openssl s_client -connect %s:443 -servername %s </dev/null 2>/dev/null | openssl x509 -noout " + field_args,
+        name, name)
+
+
+def wait_for_upstream(h, apex):
+    h.check_output("for i in $(seq 50); do curl -sk -o /dev/null -f --resolve %s:443:127.0.0.1 https://%s/ && exit 0; "
+                   "sleep 0.2; done; exit 1", apex, apex)
+
+
+@pytest.fixture(scope="module")
+def client():
+    c = docker_host("pebble")
+    c.check_output("curl -sSf --cacert /etc/pebble/ca.pem https://localhost:15000/roots/0 -o %s", ROOT)
+    return c
+
+
+@pytest.fixture(scope="module")
+def web():
+    return {name: docker_host(name) for name in HOSTS}
+
+
+@pytest.fixture(scope="module")
+def responses(client, web):
+    """One response of each kind nginx sends, per web host, all from the Pebble client."""
+    client.check_output("truncate -s %s /tmp/upload-251m", str(251 * MIB))  # sparse: no memory, no disk
+    out = {}
+    for host, apex in APEX.items():
+        h = web[host]
+        out[host, "proxied page"] = fetch(client, f"https://{apex}/")
+        out[host, "static file"] = fetch(client, f"https://{apex}/static/css/app.css")
+        out[host, "404"] = fetch(client, f"https://{apex}/static/css/missing.css")
+        out[host, "redirect"] = fetch(client, f"http://{apex}/")
+        out[host, "413"] = fetch(client, f"https://{apex}/upload/", "-X", "POST", "-T", "/tmp/upload-251m")
+        for _ in range(LOGIN_BURST + 2):
+            out[host, "429"] = fetch(client, f"https://{apex}/api/auth/login/")
+        h.check_output("systemctl stop test-upstream")
+        try:
+            out[host, "502"] = fetch(client, f"https://{apex}/")
+        finally:
+            h.check_output("systemctl start test-upstream")
+            wait_for_upstream(h, apex)
+        h.check_output("touch %s", FLAG)
+        try:
+            out[host, "503"] = fetch(client, f"https://{apex}/")
+        finally:
+            h.check_output("rm -f %s", FLAG)
+    return out
+
+
+KINDS = {"proxied page": 200, "static file": 200, "404": 404, "redirect": 301,
+         "413": 413, "429": 429, "502": 502, "503": 503}
+
+
+@pytest.mark.parametrize("host", HOSTS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_response_kind_has_its_status(responses, host, kind):
+    assert responses[host, kind].status == KINDS[kind], responses[host, kind]
+
+
+@pytest.mark.parametrize("host", HOSTS)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("header", list(expected_headers("web-12")))
+def test_security_header_is_on_every_response(responses, host, kind, header):
+    # Exactly one copy with the exact value: the app's own X-Frame-Options: SAMEORIGIN is dropped.
+    assert responses[host, kind].header(header) == [expected_headers(host)[header]], responses[host, kind].headers
+
+
+@pytest.mark.parametrize("host", HOSTS)
+@pytest.mark.parametrize("kind", ["proxied page", "404"])
+def test_server_does_not_reveal_its_version(responses, host, kind):
+    response = responses[host, kind]
+    assert response.header("Server") == ["nginx"]
+    assert "nginx/" not in response.body
+
+
+@pytest.mark.parametrize("host", HOSTS)
+@pytest.mark.parametrize("version,accepted", [("-tls1", False), ("-tls1_1", False), ("-tls1_2", True), ("-tls1_3", True)])
+def test_only_tls_1_2_and_1_3_are_accepted(client, host, version, accepted):
+    # SECLEVEL=0 and no system config: the client really offers the old protocols (see the control below).
+    cipher = "" if version == "-tls1_3" else "-cipher 'DEFAULT:@SECLEVEL=0'"
+    result = client.run(f"OPENSSL_CONF=/dev/null openssl s_client -brief -connect %s:443 -servername %s {version} {cipher} </dev/null",
+                        APEX[host], APEX[host])
+    assert (result.rc == 0) is accepted, result.stdout + result.stderr
+    if accepted:
+        assert f"Protocol version: {PROTOCOL[version]}\n" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("version", ["-tls1", "-tls1_1"])
+def test_the_client_can_speak_tls_1_0_and_1_1(client, version):
+    # Control for the refusals above: the same client command completes an old handshake
+    # with a server that allows it, so the refusal is nginx's doing.
+    client.run("systemctl stop test-old-tls")
+    client.check_output("systemd-run --unit=test-old-tls --quiet env OPENSSL_CONF=/dev/null openssl s_server -www "
+                        "-accept 127.0.0.1:4433 -cert /etc/pebble/cert.pem -key /etc/pebble/key.pem "
+                        "-cipher 'DEFAULT:@SECLEVEL=0' -naccept 1")
+    try:
+        time.sleep(1)
+        result = client.run(f"OPENSSL_CONF=/dev/null openssl s_client -brief -connect 127.0.0.1:4433 {version} "
+                            "-cipher 'DEFAULT:@SECLEVEL=0' </dev/null")
+        assert result.rc == 0, result.stdout + result.stderr
+        assert f"Protocol version: {PROTOCOL[version]}\n" in result.stdout + result.stderr
+    finally:
+        client.run("systemctl stop test-old-tls")
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_http2_is_served(client, host):
+    assert client.check_output(sh("curl", "-sS", "--cacert", ROOT, "--http2", "-o", "/dev/null", "-w", "%{http_version}",
+                                  f"https://{APEX[host]}/")) == "2"
+
+
+@pytest.mark.parametrize("host,name", [(host, name) for host in HOSTS for name in NAMES[host]])
+def test_certificate_is_pebble_issued_and_verifies_for_every_name(client, host, name):
+    response = fetch(client, f"https://{name}/")  # curl verifies the chain to Pebble's root and the name
+    assert response.rc == 0 and response.status == 200, response
+    issuer = served_certificate(client, name, "-issuer")
+    assert "Pebble Intermediate" in issuer, issuer
+    san = served_certificate(client, name, "-ext subjectAltName")
+    assert sorted(part.strip().removeprefix("DNS:") for part in san.splitlines()[1].split(",")) == sorted(NAMES[host])
+    assert "id-ecPublicKey" in served_certificate(client, name, "-text")
+
+
+@pytest.mark.parametrize("host,name", [(host, name) for host in HOSTS for name in NAMES[host]])
+def test_http_redirects_to_https_with_host_and_path(client, host, name):
+    response = fetch(client, f"http://{name}/notes/42/?tab=share&x=1")
+    assert response.status == 301
+    assert response.header("Location") == [f"https://{name}/notes/42/?tab=share&x=1"]
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_acme_challenges_are_served_over_http_not_redirected(client, web, host):
+    web[host].check_output("mkdir -p /var/www/acme/.well-known/acme-challenge && "
+                           "echo probe-token > /var/www/acme/.well-known/acme-challenge/probe")
+    try:
+        response = fetch(client, f"http://{APEX[host]}/.well-known/acme-challenge/probe")
+        assert (response.status, response.body.strip()) == (200, "probe-token")
+    finally:
+        web[host].run("rm -f /var/www/acme/.well-known/acme-challenge/probe")
+
+
+@pytest.mark.parametrize("host", HOSTS)
+@pytest.mark.parametrize("case", ["unknown SNI", "no SNI", "unknown Host over TLS", "unknown Host over HTTP"])
+def test_unknown_hosts_are_refused(client, web, host, case):
+    ip = testlib.address(web[host])
+    apex = APEX[host]
+    argv = {
+        "unknown SNI": ["curl", "-sS", "-k", "--resolve", f"evil.test:443:{ip}", "https://evil.test/"],
+        "no SNI": ["curl", "-sS", "-k", f"https://{ip}/"],
+        "unknown Host over TLS": ["curl", "-sS", "-k", "--http1.1", "-H", "Host: evil.test", f"https://{apex}/"],
+        "unknown Host over HTTP": ["curl", "-sS", "-H", "Host: evil.test", f"http://{apex}/"],
+    }[case]
+    result = client.run(sh(*argv, "-o", "/dev/null", "-w", "%{http_code}"))
+    # 35: the TLS handshake was refused; 52: the connection was closed without a reply (444).
+    assert result.rc == (35 if "SNI" in case else 52), result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_proxy_headers_let_django_trust_the_edge(client, host):
+    response = fetch(client, f"https://{APEX[host]}/echo/")
+    seen = json.loads(response.body)["headers"]
+    client_ip = testlib.address(client)
+    assert seen["X-Forwarded-Proto"] == "https"
+    assert seen["Host"] == APEX[host]
+    assert seen["X-Real-IP"] == client_ip
+    assert seen["X-Forwarded-For"] == client_ip
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_upstream_connections_are_kept_alive(web, host):
+    apex = APEX[host]
+    out = web[host].check_output(sh("curl", "-sk", "--resolve", f"{apex}:443:127.0.0.1", "-w", "\n",
+                                    f"https://{apex}/first", f"https://{apex}/second"))
+    first, second = (json.loads(line) for line in out.splitlines() if line.strip())
+    assert first["connection"] == second["connection"], (first, second)
+
+
+@pytest.mark.parametrize("host,path,via", [
+    ("web-12", "/admin/login/", "peer"), ("web-13", "/admin/login/", "peer"),
+    ("web-12", "/api/auth/login/", "loopback"), ("web-13", "/api/auth/login/", "loopback"),
+])
+def test_login_gets_429_after_the_burst_and_other_paths_do_not(web, host, path, via):
+    apex = APEX[host]
+    src = web[PEER[host]] if via == "peer" else web[host]
+    resolve = [] if via == "peer" else ["--resolve", f"{apex}:443:127.0.0.1"]
+    probe = sh("curl", "-sk", *resolve, "-o", "/dev/null", "-w", "%{http_code} ", f"https://{apex}{path}")
+    codes = src.check_output(f"for i in $(seq {LOGIN_BURST + 2}); do {probe}; done").split()
+    assert codes == ["200"] * (LOGIN_BURST + 1) + ["429"], codes
+    other = sh("curl", "-sk", *resolve, "-o", "/dev/null", "-w", "%{http_code}", f"https://{apex}/notes/")
+    assert src.check_output(other) == "200"
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_api_gets_429_per_client_beyond_its_burst(web, host):
+    # 60 requests on one connection arrive within a second or two: the API burst (20) plus
+    # what the rate refills pass, then 429s. The limit is per client address: the peer,
+    # which has not used the API, still gets 200 right after.
+    apex = APEX[host]
+    resolve = ["--resolve", f"{apex}:443:127.0.0.1"]
+    # One -o per URL: curl pairs each output option with the next URL.
+    urls = [arg for i in range(60) for arg in ("-o", "/dev/null", f"https://{apex}/api/notes/{i}/")]
+    codes = web[host].check_output(sh("curl", "-sk", *resolve, "-w", "%{http_code} ", *urls)).split()
+    assert codes[:API_BURST + 1] == ["200"] * (API_BURST + 1), codes
+    assert "429" in codes, codes
+    peer = sh("curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", f"https://{apex}/api/notes/")
+    assert web[PEER[host]].check_output(peer) == "200"
+
+
+@pytest.mark.parametrize("host", HOSTS)
+@pytest.mark.parametrize("mib,status", [(249, 200), (251, 413)])
+def test_upload_size_limit(client, host, mib, status):
+    client.check_output("truncate -s %s /tmp/upload-%s", str(mib * MIB), str(mib))
+    response = fetch(client, f"https://{APEX[host]}/upload/", "-X", "POST", "-T", f"/tmp/upload-{mib}")
+    assert response.status == status, response
+    if status == 200:
+        assert json.loads(response.body)["received"] == mib * MIB
+
+
+@pytest.mark.parametrize("host", HOSTS)
+@pytest.mark.parametrize("path,cache_control", [
+    ("/static/css/app.0123456789ab.css", "public, max-age=31536000, immutable"),
+    ("/static/css/app.css", "public, max-age=3600"),
+])
+def test_static_files_are_served_with_cache_headers(client, host, path, cache_control):
+    response = fetch(client, f"https://{APEX[host]}{path}")
+    assert response.status == 200
+    assert response.body.startswith("body { color: #222;")
+    assert response.header("Cache-Control") == [cache_control]
+
+
+@pytest.mark.parametrize("host", HOSTS)
+@pytest.mark.parametrize("encoding", ["gzip", "br"])
+def test_static_files_are_compressed(client, host, encoding):
+    response = fetch(client, f"https://{APEX[host]}/static/css/app.css", "-H", f"Accept-Encoding: {encoding}", body=False)
+    assert response.header("Content-Encoding") == [encoding]
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_maintenance_mode(client, web, host):
+    h, apex = web[host], APEX[host]
+    h.check_output("touch %s", FLAG)
+    try:
+        page = fetch(client, f"https://{apex}/notes/")
+        assert page.status == 503
+        assert page.header("Retry-After") == ["600"]
+        assert "maintenance" in page.body
+        assert fetch(client, f"https://{apex}/health/").status == 200
+        allowed = h.check_output(sh("curl", "-sk", "--resolve", f"{apex}:443:127.0.0.1", "-o", "/dev/null",
+                                    "-w", "%{http_code}", f"https://{apex}/notes/"))
+        assert allowed == "200"  # 127.0.0.1 is in nginx_maintenance_allow
+    finally:
+        h.check_output("rm -f %s", FLAG)
+    assert fetch(client, f"https://{apex}/notes/").status == 200
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_renewal_is_left_to_certbot_timer(web, host):
+    h = web[host]
+    timer = h.service("certbot.timer")
+    assert timer.is_enabled and timer.is_running
+    renewal = h.file("/etc/letsencrypt/renewal/multinotes.conf").content_string
+    assert "server = https://pebble:14000/dir" in renewal and "authenticator = webroot" in renewal
+    assert "REQUESTS_CA_BUNDLE=/etc/ssl/pebble-test/ca.pem" in h.check_output(
+        "systemctl show -p Environment --value certbot.service")
+    # No cron job of ours: Debian's /etc/cron.d/certbot skips itself when systemd runs.
+    assert h.run("grep -rl certbot /etc/crontab /etc/cron.hourly /etc/cron.daily /var/spool/cron").rc != 0
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_forced_renewal_is_served_without_a_manual_restart(client, web, host):
+    h, apex = web[host], APEX[host]
+    before, pid = served_certificate(client, apex), main_pid(h)
+    renew = h.run("REQUESTS_CA_BUNDLE=/etc/ssl/pebble-test/ca.pem certbot renew --force-renewal "
+                  "--cert-name multinotes --no-random-sleep-on-renew")
+    assert renew.rc == 0, renew.stdout + renew.stderr
+    for _ in range(30):
+        after = served_certificate(client, apex)
+        if after != before:
+            break
+        time.sleep(0.5)
+    assert after != before, f"still serving {before} after the renewal"
+    assert main_pid(h) == pid, "nginx was restarted, not reloaded"
+    assert fetch(client, f"https://{apex}/").status == 200
+
+
+@pytest.mark.parametrize("bad_vars,named", [
+    ({"nginx_server_names": ["multinotes-12.test", "bad_name!.test"]}, "nginx_server_names"),
+    ({"nginx_server_names": []}, "nginx_server_names"),
+    ({"nginx_client_max_body_size": "250 MB"}, "nginx_client_max_body_size"),
+    ({"nginx_login_limit_rate": "5 per minute"}, "nginx_login_limit_rate"),
+    ({"nginx_tls_profile": "old"}, "nginx_tls_profile"),
+    ({"certbot_acme_directory": "http://pebble:14000/dir"}, "certbot_acme_directory"),
+], ids=["invalid-domain", "empty-domains", "size", "rate", "tls-profile", "acme-url"])
+def test_bad_input_fails_before_any_change(bad_vars, named):
+    rc, out, recap = testlib.run_playbook(SCENARIO / "converge.yml", limit="web-12", extra_vars=bad_vars)
+    assert rc != 0, out
+    assert named in out, out
+    assert recap["web-12"]["changed"] == 0, out
+    assert recap["web-12"]["failed"] == 1, out
+
+
+# Last: it leaves the rejected configuration in the staging directory (never in /etc/nginx).
+def test_an_invalid_directive_never_reaches_the_running_nginx(client, web):
+    h = web["web-12"]
+    live = "sha256sum /etc/nginx/nginx.conf /etc/nginx/conf.d/multinotes.conf /etc/nginx/snippets/multinotes-*.conf"
+    before, pid = h.check_output(live), main_pid(h)
+    rc, out, recap = testlib.run_playbook(SCENARIO / "converge.yml", limit="web-12",
+                                          extra_vars={"nginx_server_extra_config": "multinotes_no_such_directive on;"})
+    assert rc != 0, out
+    assert "nginx -t rejected the configuration" in out, out
+    assert 'unknown directive "multinotes_no_such_directive"' in out, out
+    assert recap["web-12"]["failed"] == 1, out
+    assert h.check_output(live) == before
+    assert main_pid(h) == pid
+    assert h.run("nginx -t").rc == 0
+    response = fetch(client, f"https://{APEX['web-12']}/")
+    assert response.status == 200
+    assert response.header("X-Frame-Options") == ["DENY"]
