@@ -1,0 +1,100 @@
+import json
+
+import redis
+from celery.result import AsyncResult
+from django.conf import settings
+from django.contrib.auth import authenticate, login
+from django.db import connection
+from django.http import HttpResponse, JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
+
+from .tasks import add
+
+
+def _check_database():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        cursor.fetchone()
+
+
+def _check_redis():
+    redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2).ping()
+
+
+@never_cache
+@require_GET
+def health(request):
+    """The load balancer's and the deploy's health gate: 200 only if DB and Redis answer."""
+    checks = {}
+    for name, check in (("database", _check_database), ("redis", _check_redis)):
+        try:
+            check()
+            checks[name] = "ok"
+        except Exception as exc:  # noqa: BLE001 - any failure makes the host unhealthy
+            checks[name] = f"error: {type(exc).__name__}"
+    healthy = all(value == "ok" for value in checks.values())
+    return JsonResponse({"status": "ok" if healthy else "error", "version": settings.APP_VERSION,
+                         "checks": checks}, status=200 if healthy else 503)
+
+
+@never_cache
+@require_GET
+def status(request):
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+        row = cursor.fetchone()
+    return JsonResponse({"status": "ok", "environment": settings.ENVIRONMENT, "version": settings.APP_VERSION,
+                         "db_tls_cipher": row[1] if row else ""})
+
+
+@require_GET
+def version(request):
+    return JsonResponse({"version": settings.APP_VERSION})
+
+
+@csrf_exempt
+@require_POST
+def login_view(request):
+    """POST {"username", "password"}: 200 and a session, or 401. nginx rate-limits this path."""
+    try:
+        data = json.loads(request.body or b"{}")
+    except ValueError:
+        return JsonResponse({"error": "invalid JSON"}, status=400)
+    user = authenticate(request, username=data.get("username", ""), password=data.get("password", ""))
+    if user is None:
+        return JsonResponse({"error": "invalid credentials"}, status=401)
+    login(request, user)
+    return JsonResponse({"ok": True, "username": user.get_username()})
+
+
+@csrf_exempt
+@require_POST
+def enqueue(request):
+    """POST {"a": 2, "b": 3}: queues core.tasks.add, answers 202 with the task id."""
+    try:
+        data = json.loads(request.body or b"{}")
+        a, b = int(data.get("a", 0)), int(data.get("b", 0))
+    except (ValueError, TypeError):
+        return JsonResponse({"error": "a and b must be integers"}, status=400)
+    result = add.delay(a, b)
+    return JsonResponse({"task_id": result.id}, status=202)
+
+
+@never_cache
+@require_GET
+def task_result(request, task_id):
+    result = AsyncResult(task_id)
+    body = {"task_id": task_id, "state": result.state}
+    if result.successful():
+        body["result"] = result.result
+    return JsonResponse(body)
+
+
+def index(request):
+    return HttpResponse(
+        "<!doctype html><title>MultinotesAI demo</title>"
+        f'<link rel="stylesheet" href="{settings.STATIC_URL}core/app.css">'
+        f"<h1>MultinotesAI demo</h1><p>version {settings.APP_VERSION}</p>",
+        content_type="text/html")

@@ -1,0 +1,205 @@
+"""Settings of the MultinotesAI demo: every value comes from the environment, under the
+launch checklist's names. Defaults are safe for production; development opts out.
+
+The deploy writes them into /etc/multinotes/multinotes.env (root:multinotes 0640).
+"""
+import os
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env(name, default=None):
+    value = os.environ.get(name)
+    return default if value is None or value == "" else value
+
+
+def env_bool(name, default=False):
+    value = env(name)
+    if value is None:
+        return default
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ImproperlyConfigured(f"{name}={value!r} is not a boolean (true/false)")
+
+
+def env_list(name, default=""):
+    return [item.strip() for item in env(name, default).split(",") if item.strip()]
+
+
+def env_int(name, default):
+    return int(env(name, str(default)))
+
+
+ENVIRONMENT = env("ENVIRONMENT", "production")
+APP_VERSION = env("APP_VERSION", (BASE_DIR / "VERSION").read_text().strip()
+                  if (BASE_DIR / "VERSION").exists() else "0+unknown")
+SECRET_KEY = env("SECRET_KEY")
+if not SECRET_KEY:
+    raise ImproperlyConfigured("SECRET_KEY is not set")
+DEBUG = env_bool("DEBUG", False)
+if DEBUG and ENVIRONMENT == "production":
+    raise ImproperlyConfigured("DEBUG must be false when ENVIRONMENT=production")
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS")
+SITE_URL = env("SITE_URL", "")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "corsheaders",
+    "core",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "corsheaders.middleware.CorsMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "multinotes.urls"
+WSGI_APPLICATION = "multinotes.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# MariaDB through PyMySQL. DB_SSL_CA (the server's CA) turns on verified TLS; the
+# database user is created REQUIRE SSL, so a connection without it is refused anyway.
+_db_options = {
+    "charset": "utf8mb4",
+    "init_command": "SET sql_mode='STRICT_TRANS_TABLES'",
+}
+if env("DB_SSL_CA"):
+    _db_options["ssl"] = {"ca": env("DB_SSL_CA"), "check_hostname": env_bool("DB_SSL_VERIFY_HOSTNAME", True)}
+DATABASES = {
+    "default": {
+        "ENGINE": env("DB_ENGINE", "django.db.backends.mysql"),
+        "NAME": env("DB_NAME", "multinotes"),
+        "USER": env("DB_USER", "multinotes"),
+        "PASSWORD": env("DB_PASSWORD", ""),
+        "HOST": env("DB_HOST", "127.0.0.1"),
+        "PORT": env("DB_PORT", "3306"),
+        "CONN_MAX_AGE": env_int("DB_CONN_MAX_AGE", 60),
+        "CONN_HEALTH_CHECKS": True,
+        "OPTIONS": _db_options if env("DB_ENGINE", "django.db.backends.mysql").endswith("mysql") else {},
+    }
+}
+if DATABASES["default"]["USER"] == "root" and ENVIRONMENT == "production":
+    raise ImproperlyConfigured("DB_USER must not be root in production")
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 8}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+STATIC_URL = env("STATIC_URL", "/static/")
+STATIC_ROOT = env("STATIC_ROOT", str(BASE_DIR / "staticfiles"))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # Hashed names: nginx may cache them for a year, a new release gets new names.
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.ManifestStaticFilesStorage"},
+}
+
+REDIS_URL = env("REDIS_URL", "redis://127.0.0.1:6379/0")
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": env("CACHE_URL", REDIS_URL),
+    }
+}
+
+# CORS & CSRF: explicit origins; CORS_ALLOW_ALL is for development only.
+CORS_ALLOW_ALL_ORIGINS = env_bool("CORS_ALLOW_ALL", False)
+if CORS_ALLOW_ALL_ORIGINS and ENVIRONMENT == "production":
+    raise ImproperlyConfigured("CORS_ALLOW_ALL must be false when ENVIRONMENT=production")
+CORS_ALLOWED_ORIGINS = env_list("CORS_ALLOWED_ORIGINS")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+
+# HTTPS: nginx terminates TLS and says so in X-Forwarded-Proto.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+# Load balancers and the deploy's health gate probe over plain HTTP on the private side.
+SECURE_REDIRECT_EXEMPT = [r"^health/$"]
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "strict-origin-when-cross-origin"
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", True)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", True)
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+
+# Celery: the checklist's 30-minute hard limit, a soft limit before it, late acks so a
+# task killed with its worker is delivered again, one task prefetched at a time.
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", REDIS_URL)
+CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND", REDIS_URL)
+CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 1800)
+CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 1740)
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_RESULT_EXPIRES = env_int("CELERY_RESULT_EXPIRES", 86400)
+CELERY_TASK_DEFAULT_RETRY_DELAY = env_int("CELERY_TASK_DEFAULT_RETRY_DELAY", 10)
+CELERY_TIMEZONE = "UTC"
+HEARTBEAT_INTERVAL = env_int("HEARTBEAT_INTERVAL", 60)
+CELERY_BEAT_SCHEDULE = {
+    "heartbeat": {"task": "core.tasks.heartbeat", "schedule": float(HEARTBEAT_INTERVAL)},
+}
+
+LOG_LEVEL = env("LOG_LEVEL", "INFO").upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+}
+
+# Sentry is optional: used only when SENTRY_DSN is set and sentry-sdk is installed.
+if env("SENTRY_DSN"):
+    try:
+        import sentry_sdk
+    except ImportError:  # pragma: no cover - the demo does not ship sentry-sdk
+        sentry_sdk = None
+    if sentry_sdk:
+        sentry_sdk.init(
+            dsn=env("SENTRY_DSN"),
+            environment=ENVIRONMENT,
+            release=APP_VERSION,
+            traces_sample_rate=float(env("SENTRY_TRACES_SAMPLE_RATE", "0.1")),
+            profiles_sample_rate=float(env("SENTRY_PROFILES_SAMPLE_RATE", "0.1")),
+        )

@@ -1,0 +1,15 @@
+from django.contrib import admin
+from django.urls import path
+
+from core import views
+
+urlpatterns = [
+    path("health/", views.health, name="health"),
+    path("api/v1/status/", views.status, name="status"),
+    path("api/v1/version/", views.version, name="version"),
+    path("api/v1/auth/login/", views.login_view, name="login"),
+    path("api/v1/tasks/", views.enqueue, name="enqueue"),
+    path("api/v1/tasks/<str:task_id>/", views.task_result, name="task-result"),
+    path("admin/", admin.site.urls),
+    path("", views.index, name="index"),
+]

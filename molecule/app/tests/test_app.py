@@ -1,0 +1,295 @@
+"""The app runtime, by behaviour: real requests through gunicorn's socket, real tasks on
+the worker host, real rows written by beat, real restarts and kills, real SQL refusals."""
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+import testlib
+import yaml
+
+SCENARIO = Path(__file__).resolve().parents[1]
+PLAYBOOK = testlib.PROJECT / "playbooks" / "app.yml"
+SOCKET = "/run/multinotes/gunicorn.sock"
+ENV_FILE = "/etc/multinotes/multinotes.env"
+# The valid test-only values the converge uses; each bad-input case overrides one.
+VALID = next(play for play in yaml.safe_load((SCENARIO / "converge.yml").read_text())
+             if "ansible.builtin.import_playbook" in play)["vars"]
+SECRETS = [VALID["app_secret_key"], VALID["app_db_password"], VALID["app_db_migrate_password"],
+           "Test-Only-Redis-Pw-2026"]
+
+# A client of the socket, as nginx is: HTTP/1.0 over AF_UNIX, forwarded as https.
+CLIENT = r'''
+import json, socket, sys, time
+def get(path, method="GET", body=b""):
+    s = socket.socket(socket.AF_UNIX); s.settimeout(30); s.connect(sys.argv[1])
+    s.sendall(f"{method} {path} HTTP/1.0\r\nHost: app.test\r\nX-Forwarded-Proto: https\r\n"
+              f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    data = b""
+    while chunk := s.recv(65536): data += chunk
+    s.close()
+    head, _, payload = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), payload.decode()
+if sys.argv[2] == "loop":
+    ok, failed, errors, end = 0, 0, [], time.time() + float(sys.argv[3])
+    while time.time() < end:
+        try:
+            status, _ = get("/health/")
+            ok += status == 200; failed += status != 200
+            if status != 200: errors.append(status)
+        except Exception as exc:
+            failed += 1; errors.append(repr(exc))
+        time.sleep(0.02)
+    print(json.dumps({"ok": ok, "failed": failed, "errors": errors[:5]}))
+else:
+    status, payload = get(sys.argv[3], sys.argv[2], sys.argv[4].encode() if len(sys.argv) > 4 else b"")
+    print(json.dumps({"status": status, "body": payload}))
+'''
+
+
+@pytest.fixture(scope="module")
+def hosts():
+    return {name: testlib.host(name) for name in ("app-web", "app-worker", "app-db", "app-redis")}
+
+
+def request(web, path, method="GET", body=None):
+    out = web.check_output("python3 -c %s %s %s %s %s", CLIENT, SOCKET, method, path, json.dumps(body or {}))
+    reply = json.loads(out)
+    try:
+        reply["json"] = json.loads(reply["body"])
+    except ValueError:
+        reply["json"] = None
+    return reply
+
+
+def wait_healthy(web, seconds):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if request(web, "/health/")["status"] == 200:
+                return True
+        except Exception:  # noqa: BLE001 - not serving yet
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def sql(db, query):
+    """A query as MariaDB's root over the local socket, on the database host."""
+    return db.check_output("mariadb -N -B -e %s", query)
+
+
+def django_sql(web, statement):
+    """A statement run by the app itself (runtime user, the app's TLS connection)."""
+    code = ("from django.db import connection\n"
+            "try:\n    connection.cursor().execute(%r)\n    print('ALLOWED')\n"
+            "except Exception as exc:\n    print('DENIED', exc.args[0])\n") % statement
+    # The last line: Django 5.2's shell first reports the objects it imported.
+    return web.check_output("multinotes-manage shell -c %s", code).splitlines()[-1]
+
+
+def test_health_through_the_socket_reports_database_and_redis(hosts):
+    reply = request(hosts["app-web"], "/health/")
+    assert reply["status"] == 200, reply
+    assert reply["json"]["checks"] == {"database": "ok", "redis": "ok"}
+    assert reply["json"]["version"] == "1.0.0"
+
+
+@pytest.mark.parametrize("path,key", [("/api/v1/status/", "status"), ("/api/v1/version/", "version")])
+def test_api_answers(hosts, path, key):
+    reply = request(hosts["app-web"], path)
+    assert reply["status"] == 200, reply
+    assert key in reply["json"]
+
+
+def test_login_endpoint_refuses_bad_credentials(hosts):
+    reply = request(hosts["app-web"], "/api/v1/auth/login/", "POST", {"username": "nobody", "password": "wrong"})
+    assert reply["status"] == 401, reply
+
+
+def test_plain_http_is_redirected_to_https(hosts):
+    web = hosts["app-web"]
+    status = web.check_output(
+        "curl -s -o /dev/null -w '%%{http_code}' --unix-socket %s -H 'Host: app.test' http://app.test/api/v1/version/",
+        SOCKET)
+    assert status == "301"
+
+
+def test_task_enqueued_over_http_runs_on_the_worker_host(hosts):
+    web = hosts["app-web"]
+    queued = request(web, "/api/v1/tasks/", "POST", {"a": 2, "b": 3})
+    assert queued["status"] == 202, queued
+    task_id = queued["json"]["task_id"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        result = request(web, f"/api/v1/tasks/{task_id}/")["json"]
+        if result["state"] == "SUCCESS":
+            break
+        time.sleep(1)
+    assert result["state"] == "SUCCESS", result
+    assert result["result"] == {"sum": 5, "hostname": "app-worker"}
+
+
+def test_beat_writes_heartbeats(hosts):
+    db = hosts["app-db"]
+    before = int(sql(db, "SELECT COUNT(*) FROM multinotes.core_heartbeat"))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        after = int(sql(db, "SELECT COUNT(*) FROM multinotes.core_heartbeat"))
+        if after > before:
+            break
+        time.sleep(2)
+    assert after > before, f"no new heartbeat row in 60 s:\n{testlib.journal(hosts['app-worker'], 'celery-beat')}"
+    assert sql(db, "SELECT hostname FROM multinotes.core_heartbeat ORDER BY id DESC LIMIT 1") == "app-worker"
+
+
+def test_restart_of_gunicorn_loses_no_request(hosts):
+    web = hosts["app-web"]
+    out = web.check_output(
+        "python3 -c %s %s loop 12 > /tmp/loop.json & sleep 3; systemctl restart gunicorn.service; wait; cat /tmp/loop.json",
+        CLIENT, SOCKET)
+    counts = json.loads(out.splitlines()[-1])
+    assert counts["failed"] == 0, counts
+    assert counts["ok"] > 20, counts
+
+
+def test_gunicorn_serves_again_within_10_s_after_its_master_is_killed(hosts):
+    web = hosts["app-web"]
+    pid = web.check_output("systemctl show -p MainPID --value gunicorn.service")
+    assert pid != "0"
+    web.check_output("kill -9 %s", pid)
+    started = time.monotonic()
+    assert wait_healthy(web, 10), f"not serving 10 s after kill -9:\n{testlib.journal(web, 'gunicorn')}"
+    assert time.monotonic() - started <= 10
+    assert web.check_output("systemctl show -p MainPID --value gunicorn.service") != pid
+
+
+def test_a_killed_worker_is_restarted(hosts):
+    worker = hosts["app-worker"]
+    unit = "celery-worker-default.service"
+    pid = worker.check_output("systemctl show -p MainPID --value %s", unit)
+    worker.check_output("kill -9 %s", pid)
+    deadline = time.monotonic() + 30
+    new = pid
+    while time.monotonic() < deadline:
+        new = worker.check_output("systemctl show -p MainPID --value %s", unit)
+        if new not in (pid, "0") and worker.service(unit).is_running:
+            break
+        time.sleep(1)
+    assert new not in (pid, "0"), testlib.journal(worker, unit)
+
+
+@pytest.mark.parametrize("statement", [
+    "DROP TABLE core_note",
+    "ALTER TABLE core_note ADD COLUMN probe INT",
+    "CREATE TABLE probe (id INT)",
+])
+def test_runtime_db_user_cannot_change_the_schema(hosts, statement):
+    out = django_sql(hosts["app-web"], statement)
+    assert out.startswith("DENIED 1142"), out  # ER_TABLEACCESS_DENIED_ERROR
+
+
+def test_runtime_db_user_can_use_the_data(hosts):
+    assert django_sql(hosts["app-web"], "SELECT COUNT(*) FROM core_note") == "ALLOWED"
+
+
+def test_app_db_connection_is_encrypted(hosts):
+    # The server's own view of the app's session (SHOW SESSION STATUS, asked by the app).
+    reply = request(hosts["app-web"], "/api/v1/status/")
+    assert re.match(r"^TLS_|^ECDHE-", reply["json"]["db_tls_cipher"]), reply
+    # And a connection without TLS is refused outright.
+    assert sql(hosts["app-db"], "SELECT DISTINCT ssl_type FROM mysql.user WHERE user LIKE 'multinotes%'") == "ANY"
+
+
+@pytest.mark.parametrize("query,expected", [
+    ("SELECT COUNT(*) FROM mysql.user WHERE user = ''", "0"),
+    ("SELECT COUNT(*) FROM mysql.user WHERE user = 'root' AND host <> 'localhost'", "0"),
+    ("SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = 'test'", "0"),
+    ("SELECT @@slow_query_log", "1"),
+    ("SELECT @@require_secure_transport", "1"),
+    ("SELECT @@have_ssl", "YES"),
+], ids=["no-anonymous", "no-remote-root", "no-test-db", "slow-log", "tls-required", "tls"])
+def test_mariadb_is_hardened(hosts, query, expected):
+    assert sql(hosts["app-db"], query) == expected
+
+
+def test_mariadb_listens_on_the_private_address_only(hosts):
+    db = hosts["app-db"]
+    assert sql(db, "SELECT @@bind_address") == testlib.address(db)
+    assert not testlib.tcp_connects(db, "127.0.0.1", 3306)
+
+
+@pytest.mark.parametrize("name", ["app-web", "app-worker"])
+def test_env_file_is_readable_by_root_and_the_app_only(hosts, name):
+    env = hosts[name].file(ENV_FILE)
+    assert (env.user, env.group, env.mode) == ("root", "multinotes", 0o640)
+    assert hosts[name].run("runuser -u nobody -- cat %s", ENV_FILE).rc != 0
+
+
+@pytest.mark.parametrize("name,unit", [
+    ("app-web", "gunicorn.service"),
+    ("app-worker", "celery-worker-default.service"),
+    ("app-worker", "celery-beat.service"),
+])
+def test_units_are_sandboxed(hosts, name, unit):
+    testlib.assert_active(hosts[name], unit)
+    out = hosts[name].check_output("systemd-analyze security %s", unit)
+    exposure = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", out).group(1))
+    assert exposure <= 2.5, out
+
+
+def test_gunicorn_socket_is_for_nginx_only(hosts):
+    sock = hosts["app-web"].file(SOCKET)
+    assert sock.is_socket and sock.group == "www-data" and sock.mode == 0o660
+    testlib.assert_active(hosts["app-web"], "gunicorn.socket")
+
+
+@pytest.mark.parametrize("prop,check", [
+    ("TimeoutStopUSec", lambda v: v.startswith("31min")),
+    ("KillSignal", lambda v: v == "15"),
+    ("Restart", lambda v: v == "on-failure"),
+    ("ExecStart", lambda v: "--time-limit 1800" in v and "--soft-time-limit 1740" in v
+     and "--max-tasks-per-child 100" in v),
+])
+def test_worker_unit_stops_warm_and_limits_tasks(hosts, prop, check):
+    value = hosts["app-worker"].check_output("systemctl show -p %s --value celery-worker-default.service", prop)
+    assert check(value), f"{prop}={value}"
+
+
+@pytest.mark.parametrize("name", ["app-web", "app-worker"])
+def test_release_layout_and_recorded_migration_state(hosts, name):
+    h = hosts[name]
+    current = h.file("/srv/multinotes/current")
+    assert current.is_symlink and current.linked_to.startswith("/srv/multinotes/releases/1.0.0-")
+    state = json.loads(h.file("/srv/multinotes/current/MIGRATIONS.json").content_string)
+    assert state["core"] == "0002_welcome_note"
+    assert h.run("/srv/multinotes/current/venv/bin/python -c 'import django'").rc == 0
+
+
+def test_static_files_are_collected_into_the_release(hosts):
+    assert hosts["app-web"].file("/srv/multinotes/current/static/staticfiles.json").exists
+    assert hosts["app-web"].run("ls /srv/multinotes/current/static/admin/css/base.*.css").rc == 0
+
+
+@pytest.mark.parametrize("bad_vars,named", [
+    ({"app_secret_key": "too-short-Aa1!"}, "app_secret_key"),  # pragma: allowlist secret
+    ({"app_secret_key": "django-insecure-" + "x" * 60}, "app_secret_key"),  # pragma: allowlist secret
+    ({"app_debug": True}, "app_debug"),
+    ({"app_allowed_hosts": []}, "app_allowed_hosts"),
+    ({"app_db_user": "root"}, "app_db_user"),
+    ({"app_db_password": "Short-Pw-1"}, "app_db_password"),  # pragma: allowlist secret
+    ({"app_db_password": "alllowercaseandlong-but-no-digits"}, "app_db_password"),  # pragma: allowlist secret
+    ({"app_cors_allow_all": True}, "app_cors_allow_all"),
+    ({"app_site_url": "http://app.test"}, "app_site_url"),
+], ids=["key-short", "key-placeholder", "debug", "allowed-hosts", "db-root", "pw-short", "pw-classes",
+        "cors-all", "site-http"])
+def test_bad_input_fails_before_any_change_and_prints_no_secret(bad_vars, named):
+    rc, out, recap = testlib.run_playbook(PLAYBOOK, limit="app-web", extra_vars=dict(VALID, **bad_vars))
+    assert rc != 0, out
+    assert named in out, out
+    assert recap["app-web"]["changed"] == 0, out
+    assert recap["app-web"]["failed"] == 1, out
+    for secret in SECRETS + [v for v in bad_vars.values() if isinstance(v, str) and len(v) > 8]:
+        assert secret not in out, f"a secret value appears in the output of {named}"
