@@ -1,48 +1,94 @@
 #!/usr/bin/env python3
 """`make test`: lint, syntax, controller pytest, then every Molecule scenario.
 
-Each step's output streams as it runs; a table of steps and times follows, and the last
-line is the summary ("test: N passed, N failed"). Exits non-zero if any step failed.
-A lock keeps two runs on one machine from destroying each other's containers.
+The scenarios run in MULTINOTES_LANES parallel lanes (default 2): each has its own
+containers, Docker network and Molecule state, and most of a scenario's time is spent
+waiting on containers, not on the CPU. The longest scenarios (as measured by the last
+run on this machine) start first. Each scenario's full output goes to
+.cache/logs/<scenario>.log; its test summary is printed when it ends, and on failure
+the last 150 lines of its log. Then a table of steps and times, and last the summary
+line ("test: N passed, N failed"). Exits non-zero if any step failed. A lock keeps two
+runs on one machine from destroying each other's containers.
 """
 
 import fcntl
+import json
 import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-LOCK = Path(os.environ.get("MULTINOTES_STATE_DIR", "/var/lib/multinotes-harness")) / "test.lock"
+STATE = Path(os.environ.get("MULTINOTES_STATE_DIR", "/var/lib/multinotes-harness"))
+LOCK = STATE / "test.lock"
+DURATIONS = STATE / "scenario-durations.json"
+LOGS = ROOT / ".cache" / "logs"
 
 
 def scenarios():
     names = sorted(p.parent.name for p in (ROOT / "molecule").glob("*/molecule.yml"))
     only = os.environ.get("SCENARIOS")
-    return [n for n in names if n in only.split()] if only else names
+    names = [n for n in names if n in only.split()] if only else names
+    try:
+        known = json.loads(DURATIONS.read_text())
+    except (OSError, ValueError):
+        known = {}
+    # Longest first; a scenario never timed here counts as the longest.
+    return sorted(names, key=lambda n: -known.get(n, float("inf")))
+
+
+def run_step(name, cmd):
+    print(f"\n===== {name}: {' '.join(cmd)}", flush=True)
+    started = time.monotonic()
+    rc = subprocess.run(cmd, cwd=ROOT).returncode
+    seconds = time.monotonic() - started
+    print(f"===== {name}: {'PASSED' if rc == 0 else f'FAILED (exit {rc})'} in {seconds:.0f} s", flush=True)
+    return name, rc, seconds
+
+
+def run_scenario(name):
+    log = LOGS / f"{name}.log"
+    print(f"===== scenario {name}: started (log: {log.relative_to(ROOT)})", flush=True)
+    started = time.monotonic()
+    with open(log, "w") as out:
+        rc = subprocess.run(["molecule", "test", "-s", name], cwd=ROOT, stdout=out,
+                            stderr=subprocess.STDOUT).returncode
+    seconds = time.monotonic() - started
+    lines = log.read_text(errors="replace").splitlines()
+    summary = [line for line in lines if " passed" in line and "==" in line or "SCENARIO RECAP" in line
+               or line.startswith(f"{name} ") and "actions=" in line]
+    report = [f"===== scenario {name}: {'PASSED' if rc == 0 else f'FAILED (exit {rc})'} in {seconds:.0f} s"]
+    report += [f"  {line}" for line in summary]
+    if rc:
+        report += [f"----- last 150 lines of {log.relative_to(ROOT)}:"] + lines[-150:]
+    print("\n".join(report), flush=True)
+    return f"scenario {name}", rc, seconds
 
 
 def main():
-    LOCK.parent.mkdir(parents=True, exist_ok=True)
+    STATE.mkdir(parents=True, exist_ok=True)
     lock = open(LOCK, "w")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         print(f"testall: another test run holds {LOCK}; wait for it to finish.", file=sys.stderr)
         return 2
-    steps = [("lint", ["make", "--no-print-directory", "lint"]),
-             ("syntax", ["make", "--no-print-directory", "syntax"]),
-             ("pytest", ["make", "--no-print-directory", "pytest"])]
-    steps += [(f"scenario {name}", ["molecule", "test", "-s", name]) for name in scenarios()]
-    results = []
-    for name, cmd in steps:
-        print(f"\n===== {name}: {' '.join(cmd)}", flush=True)
-        started = time.monotonic()
-        rc = subprocess.run(cmd, cwd=ROOT).returncode
-        results.append((name, rc, time.monotonic() - started))
-        print(f"===== {name}: {'PASSED' if rc == 0 else f'FAILED (exit {rc})'} in {results[-1][2]:.0f} s",
-              flush=True)
+    LOGS.mkdir(parents=True, exist_ok=True)
+    results = [run_step(name, ["make", "--no-print-directory", name]) for name in ("lint", "syntax", "pytest")]
+    lanes = max(1, int(os.environ.get("MULTINOTES_LANES", "2")))
+    names = scenarios()
+    print(f"\n===== scenarios, {lanes} lane(s), longest first: {' '.join(names)}", flush=True)
+    with ThreadPoolExecutor(max_workers=lanes) as pool:
+        scenario_results = list(pool.map(run_scenario, names))
+    results += scenario_results
+    try:
+        known = json.loads(DURATIONS.read_text())
+    except (OSError, ValueError):
+        known = {}
+    known.update({name.split(" ", 1)[1]: round(seconds) for name, rc, seconds in scenario_results if rc == 0})
+    DURATIONS.write_text(json.dumps(known, indent=1, sort_keys=True))
     print("\nstep                                 result   seconds")
     for name, rc, seconds in results:
         print(f"{name:<36} {'passed' if rc == 0 else 'FAILED':<8} {seconds:7.0f}")
