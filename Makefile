@@ -13,7 +13,7 @@ export ANSIBLE_NOCOLOR := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 HARNESS := $(PY) molecule/_harness/harness.py
-SCENARIOS := $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
+ALL_SCENARIOS := $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
 PLAYBOOKS := site.yml $(wildcard playbooks/*.yml)
 
 .PHONY: help venv harness images lint syntax pytest scenario test test-matrix demo demo-down clean
@@ -49,7 +49,7 @@ pytest: venv ## The controller-side tests (repository layout, variables, harness
 	pytest -q molecule/_harness/tests
 
 scenario: venv images ## One Molecule scenario, full sequence: make scenario S=<name>
-	@test -n "$(S)" || { echo "usage: make scenario S=<one of: $(SCENARIOS)>"; exit 2; }
+	@test -n "$(S)" || { echo "usage: make scenario S=<one of: $(ALL_SCENARIOS)>"; exit 2; }
 	molecule test -s $(S)
 
 test: venv images ## Everything: lint, syntax, pytest, every scenario; one summary line
