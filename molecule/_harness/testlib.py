@@ -91,3 +91,15 @@ def run_playbook(playbook, *, limit, extra_vars=None, check=False):
         recap[m.group(1)] = {"ok": int(m.group(2)), "changed": int(m.group(3)),
                              "unreachable": int(m.group(4)), "failed": int(m.group(5))}
     return proc.returncode, out, recap
+
+
+def assert_refused_before_any_change(playbook, *, limit, extra_vars, named):
+    """Bad input: the play fails on `limit`, its output names the variable, nothing changed.
+
+    Returns the output, for checks of its own (e.g. that no secret was printed)."""
+    rc, out, recap = run_playbook(playbook, limit=limit, extra_vars=extra_vars)
+    assert rc != 0, out
+    assert named in out, out
+    assert recap[limit]["changed"] == 0, out
+    assert recap[limit]["failed"] == 1, out
+    return out

@@ -306,8 +306,5 @@ def test_backup_logs_reach_the_journal(backed_up, hosts):
     ({"backup_cron_schedule": "daily"}, "backup_cron_schedule"),
 ])
 def test_bad_input_fails_before_any_change(bad_vars, named):
-    rc, out, recap = testlib.run_playbook(SCENARIO / "converge.yml", limit="ops-12", extra_vars=bad_vars)
-    assert rc != 0, out
-    assert named in out, out
-    assert recap["ops-12"]["changed"] == 0, out
-    assert recap["ops-12"]["failed"] == 1, out
+    testlib.assert_refused_before_any_change(SCENARIO / "converge.yml", limit="ops-12",
+                                                   extra_vars=bad_vars, named=named)

@@ -156,8 +156,5 @@ def test_stopping_the_firewall_keeps_other_tables(hosts, name):
      "base_firewall_private_tcp_ports"),
 ], ids=["port-name", "port-range", "ssh-lockout", "posix-name", "source-address", "choice", "private-public"])
 def test_bad_input_fails_before_any_change(bad_vars, named):
-    rc, out, recap = testlib.run_playbook(SCENARIO / "converge.yml", limit="base-12", extra_vars=bad_vars)
-    assert rc != 0, out
-    assert named in out, out
-    assert recap["base-12"]["changed"] == 0, out
-    assert recap["base-12"]["failed"] == 1, out
+    testlib.assert_refused_before_any_change(SCENARIO / "converge.yml", limit="base-12",
+                                                   extra_vars=bad_vars, named=named)

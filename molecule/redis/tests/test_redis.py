@@ -378,11 +378,8 @@ def test_overcommit_is_written_and_not_applied_in_a_container(hosts, name):
 ], ids=["unknown-policy", "broker-allkeys-lru", "broker-volatile-lru", "no-password", "extra-user-no-password-key",
         "extra-user-empty-password", "wildcard-bind-without-acl", "maxmemory-format", "port-clash"])
 def test_bad_input_fails_before_any_change(bad_vars, named):
-    rc, out, recap = testlib.run_playbook(SCENARIO / "converge.yml", limit="redis-12", extra_vars=bad_vars)
-    assert rc != 0, out
-    assert named in out, out
-    assert recap["redis-12"]["changed"] == 0, out
-    assert recap["redis-12"]["failed"] == 1, out
+    out = testlib.assert_refused_before_any_change(SCENARIO / "converge.yml", limit="redis-12",
+                                                   extra_vars=bad_vars, named=named)
     assert _VARS["redis_app_password"] not in out
 
 

@@ -383,11 +383,8 @@ def test_forced_renewal_is_served_without_a_manual_restart(client, web, host):
     ({"certbot_acme_directory": "http://pebble:14000/dir"}, "certbot_acme_directory"),
 ], ids=["invalid-domain", "empty-domains", "size", "rate", "tls-profile", "acme-url"])
 def test_bad_input_fails_before_any_change(bad_vars, named):
-    rc, out, recap = testlib.run_playbook(SCENARIO / "converge.yml", limit="web-12", extra_vars=bad_vars)
-    assert rc != 0, out
-    assert named in out, out
-    assert recap["web-12"]["changed"] == 0, out
-    assert recap["web-12"]["failed"] == 1, out
+    testlib.assert_refused_before_any_change(SCENARIO / "converge.yml", limit="web-12",
+                                                   extra_vars=bad_vars, named=named)
 
 
 # Last: it leaves the rejected configuration in the staging directory (never in /etc/nginx).
