@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""The end of `make demo`: say what runs where and which URL to open."""
+"""The end of `make demo`: say what runs where, the launch check's verdict and the URL to open."""
 
+import json
 import subprocess
+from pathlib import Path
 
 NAME, PORT = "multinotes.localhost", 8443
 URL = f"https://{NAME}:{PORT}/"
+REPORT = Path(__file__).resolve().parents[2] / "reports" / "launch-check" / "latest"
 
 
 def probe():
@@ -12,15 +15,26 @@ def probe():
     # -k: the demo serves nginx's self-signed bootstrap certificate.
     result = subprocess.run(
         ["curl", "-sk", "--max-time", "5", "--resolve", f"{NAME}:{PORT}:127.0.0.1",
-         "-o", "/dev/null", "-w", "%{http_code}", URL], capture_output=True, text=True)
+         "-o", "/dev/null", "-w", "%{http_code}", URL + "health/"], capture_output=True, text=True)
     code = result.stdout.strip()
-    return f"HTTP {code}" if result.returncode == 0 and code != "000" else "no answer"
+    return f"/health/ HTTP {code}" if result.returncode == 0 and code != "000" else "no answer"
+
+
+def verdict():
+    try:
+        report = json.loads(REPORT.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return "no launch check report"
+    passed = sum(1 for item in report["items"] if item["ok"])
+    return f"{report['verdict']} ({passed}/{len(report['items'])} items pass) - {REPORT.with_suffix('.md')}"
 
 
 def main():
-    print("\nThe demo is up: container multinotes-demo (groups web, worker, scheduler, redis, db),")
-    print("converged by `ansible-playbook -i inventories/local site.yml`.")
-    print(f"Open: {URL}   [{probe()}]")
+    print("\nThe demo is up: container multinotes-demo (web, worker, scheduler, redis, db) and")
+    print("multinotes-demo-ops (its S3 store and alert receiver), converged by")
+    print("`ansible-playbook -i inventories/local site.yml`, backed up and restore-drilled.")
+    print(f"Launch check: {verdict()}")
+    print(f"Open: {URL}   [{probe()}; self-signed certificate]")
     print("Remove it with: make demo-down")
 
 

@@ -25,6 +25,9 @@ STATE = Path(os.environ.get("MULTINOTES_STATE_DIR", "/var/lib/multinotes-harness
 LOCK = STATE / "test.lock"
 DURATIONS = STATE / "scenario-durations.json"
 LOGS = ROOT / ".cache" / "logs"
+# Scenarios whose hosts run one Debian in `make test` (MULTINOTES_DEBIAN picks the image in
+# their molecule.yml); `make test-matrix` (MULTINOTES_MATRIX=full) runs them on the other too.
+OTHER_DEBIAN = {"app": "13", "stack": "12"}
 
 
 def scenarios():
@@ -48,23 +51,25 @@ def run_step(name, cmd):
     return name, rc, seconds
 
 
-def run_scenario(name):
-    log = LOGS / f"{name}.log"
-    print(f"===== scenario {name}: started (log: {log.relative_to(ROOT)})", flush=True)
+def run_scenario(name, debian=None):
+    label = f"{name}@debian-{debian}" if debian else name
+    log = LOGS / f"{label}.log"
+    print(f"===== scenario {label}: started (log: {log.relative_to(ROOT)})", flush=True)
     started = time.monotonic()
+    env = dict(os.environ, **({"MULTINOTES_DEBIAN": debian} if debian else {}))
     with open(log, "w") as out:
         rc = subprocess.run(["molecule", "test", "-s", name], cwd=ROOT, stdout=out,
-                            stderr=subprocess.STDOUT).returncode
+                            stderr=subprocess.STDOUT, env=env).returncode
     seconds = time.monotonic() - started
     lines = log.read_text(errors="replace").splitlines()
     summary = [line for line in lines if " passed" in line and "==" in line or "SCENARIO RECAP" in line
                or line.startswith(f"{name} ") and "actions=" in line]
-    report = [f"===== scenario {name}: {'PASSED' if rc == 0 else f'FAILED (exit {rc})'} in {seconds:.0f} s"]
+    report = [f"===== scenario {label}: {'PASSED' if rc == 0 else f'FAILED (exit {rc})'} in {seconds:.0f} s"]
     report += [f"  {line}" for line in summary]
     if rc:
         report += [f"----- last 150 lines of {log.relative_to(ROOT)}:"] + lines[-150:]
     print("\n".join(report), flush=True)
-    return f"scenario {name}", rc, seconds
+    return f"scenario {label}", rc, seconds
 
 
 def main():
@@ -82,7 +87,14 @@ def main():
     print(f"\n===== scenarios, {lanes} lane(s), longest first: {' '.join(names)}", flush=True)
     with ThreadPoolExecutor(max_workers=lanes) as pool:
         scenario_results = list(pool.map(run_scenario, names))
-    results += scenario_results
+        if os.environ.get("MULTINOTES_MATRIX") == "full":
+            # After the first pass: the same scenario twice at once would share container names.
+            extra = [(n, OTHER_DEBIAN[n]) for n in names if n in OTHER_DEBIAN]
+            print(f"\n===== matrix: {' '.join(f'{n}@debian-{d}' for n, d in extra)}", flush=True)
+            matrix_results = list(pool.map(lambda nd: run_scenario(*nd), extra))
+        else:
+            matrix_results = []
+    results += scenario_results + matrix_results
     try:
         known = json.loads(DURATIONS.read_text())
     except (OSError, ValueError):

@@ -87,7 +87,7 @@ def test_app_user_cannot_log_in(hosts, name):
     assert user.group == "multinotes"
     assert h.check_output("getent shadow multinotes").split(":")[1].startswith("!")
     home = h.file("/srv/multinotes")
-    assert (home.user, home.group, home.mode) == ("multinotes", "multinotes", 0o750)
+    assert (home.user, home.group, home.mode) == ("root", "multinotes", 0o751)
 
 
 @pytest.mark.parametrize("name", HOSTS)

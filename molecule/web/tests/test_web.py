@@ -124,7 +124,7 @@ def responses(client, web):
         out[host, "redirect"] = fetch(client, f"http://{apex}/")
         out[host, "413"] = fetch(client, f"https://{apex}/upload/", "-X", "POST", "-T", "/tmp/upload-251m")
         for _ in range(LOGIN_BURST + 2):
-            out[host, "429"] = fetch(client, f"https://{apex}/api/auth/login/")
+            out[host, "429"] = fetch(client, f"https://{apex}/api/v1/auth/login/")
         h.check_output("systemctl stop test-upstream")
         try:
             out[host, "502"] = fetch(client, f"https://{apex}/")
@@ -268,7 +268,7 @@ def test_upstream_connections_are_kept_alive(web, host):
 
 @pytest.mark.parametrize("host,path,via", [
     ("web-12", "/admin/login/", "peer"), ("web-13", "/admin/login/", "peer"),
-    ("web-12", "/api/auth/login/", "loopback"), ("web-13", "/api/auth/login/", "loopback"),
+    ("web-12", "/api/v1/auth/login/", "loopback"), ("web-13", "/api/v1/auth/login/", "loopback"),
 ])
 def test_login_gets_429_after_the_burst_and_other_paths_do_not(web, host, path, via):
     apex = APEX[host]
