@@ -245,7 +245,7 @@ def write_chart(path, summary, hosts, scenario):
             axes[2].plot([s["ts"] - t0 for s in samples], [s["mem_used_percent"] for s in samples],
                          label=f"{host} memory %", linestyle=":")
         axes[2].set_ylabel("%")
-        axes[2].set_ylim(0, 100)
+        axes[2].set_ylim(0, 105)
         axes[2].legend(loc="upper left", fontsize="small")
         axes[2].grid(alpha=0.3)
         axes[2].set_title("Hosts (sampled on the hosts, 1 s)")
@@ -264,7 +264,7 @@ def write_csv(out, summary, hosts):
         writer.writerow(["metric", "value"])
         for key in keys:
             value = summary[key]
-            writer.writerow([key, round(value, 3) if isinstance(value, float) else value])
+            writer.writerow([key, round(value, 6) if isinstance(value, float) else value])
     with (out / "hosts.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         columns = sorted({key for h in hosts.values() for key in h})
