@@ -379,7 +379,7 @@ def main(argv=None):
           f"(5xx {fmt(summary['error_5xx_percent'], 2)}%, 4xx {fmt(summary['error_4xx_percent'], 2)}%, "
           f"timeouts {fmt(summary['timeout_percent'], 2)}%)  report: {args.out / 'report.md'}")
     for name, limit, value, _ in failed:
-        print(f"FAILED criterion {name}: {CRITERIA_DOC[name]} measured {fmt(value, 2)}, limit {limit}")
+        print(f"FAILED criterion {name} ({args.scenario}): {CRITERIA_DOC[name]} measured {fmt(value, 2)}, limit {limit}")
     return 1 if failed else 0
 
 
