@@ -104,6 +104,15 @@ def judge(response, expect=(200,)):
     return False
 
 
+def json_field(response, name):
+    """A field of a JSON answer, or None and a failed check when the body is not what the app sends."""
+    try:
+        return response.json()[name]
+    except (ValueError, KeyError, TypeError):
+        response.failure(f"check: no {name} in the answer")
+        return None
+
+
 class MultinotesUser(FastHttpUser):
     wait_time = between(1, 3)
     network_timeout = TIMEOUT
@@ -151,7 +160,9 @@ class MultinotesUser(FastHttpUser):
                               catch_response=True) as response:
             if not judge(response, expect=(202,)):
                 return
-            task_id = response.json()["task_id"]
+            task_id = json_field(response, "task_id")
+            if task_id is None:
+                return
         deadline = TASK_TIMEOUT
         while deadline > 0:
             gevent.sleep(TASK_POLL)
@@ -160,7 +171,9 @@ class MultinotesUser(FastHttpUser):
                                  catch_response=True) as response:
                 if not judge(response):
                     return
-                state = response.json().get("state")
+                state = json_field(response, "state")
+                if state is None:
+                    return
                 if state == "SUCCESS":
                     return
                 if state in ("FAILURE", "REVOKED"):
