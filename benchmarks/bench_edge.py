@@ -34,6 +34,12 @@ def sh(cmd, **kwargs):
     return subprocess.run(cmd, check=True, capture_output=True, text=True, **kwargs)
 
 
+def put(container, source, dest):
+    """Copy a file into the container through exec: `docker cp` cannot write into its tmpfs /tmp."""
+    subprocess.run(["docker", "exec", "-i", container, "sh", "-c", f"cat > {dest}"],
+                   input=Path(source).read_text(), check=True, text=True)
+
+
 def loadgen(container, args, connections, duration):
     base = ["--connections", str(connections), "--duration", str(duration)]
     if container:
@@ -48,13 +54,13 @@ def compare(label, container, side_a, side_b, rounds, connections, duration):
     for _ in range(rounds):
         for key, side in (("a", side_a), ("b", side_b)):
             runs[key].append(loadgen(container, side[1], connections, duration))
-    rps_a = statistics.median(r["rps"] for r in runs["a"])
-    rps_b = statistics.median(r["rps"] for r in runs["b"])
+    rps_a = round(statistics.median(r["rps"] for r in runs["a"]), 1)
+    rps_b = round(statistics.median(r["rps"] for r in runs["b"]), 1)
     failed = sum(r["failed"] for r in runs["a"] + runs["b"])
     return {"benchmark": label, "a": side_a[0], "b": side_b[0], "rps_a": rps_a, "rps_b": rps_b,
             "ratio": round(rps_a / rps_b, 3) if rps_b else None, "failed": failed,
-            "p50_ms_a": statistics.median(r["p50_ms"] or 0 for r in runs["a"]),
-            "p50_ms_b": statistics.median(r["p50_ms"] or 0 for r in runs["b"]), "runs": runs}
+            "p50_ms_a": round(statistics.median(r["p50_ms"] or 0 for r in runs["a"]), 1),
+            "p50_ms_b": round(statistics.median(r["p50_ms"] or 0 for r in runs["b"]), 1), "runs": runs}
 
 
 def main():
@@ -77,7 +83,7 @@ def main():
                                args.rounds, args.connections, args.duration))
     else:
         c = args.container
-        sh(["docker", "cp", str(HERE / "loadgen.py"), f"{c}:/tmp/multinotes-loadgen.py"])
+        put(c, HERE / "loadgen.py", "/tmp/multinotes-loadgen.py")
         tls = ["--host", NAME, "--insecure"]
         results.append(compare(
             "health: nginx TLS / gunicorn socket", c,

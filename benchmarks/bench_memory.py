@@ -28,13 +28,19 @@ def sh(cmd):
     return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
 
 
+def put(container, source, dest):
+    """Copy a file into the container through exec: `docker cp` cannot write into its tmpfs /tmp."""
+    subprocess.run(["docker", "exec", "-i", container, "sh", "-c", f"cat > {dest}"],
+                   input=Path(source).read_text(), check=True, text=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--container", default="multinotes-demo")
     parser.add_argument("--idle", type=int, default=30)
     args = parser.parse_args()
     c = args.container
-    sh(["docker", "cp", str(SAMPLER), f"{c}:/tmp/multinotes-sampler.py"])
+    put(c, SAMPLER, "/tmp/multinotes-sampler.py")
     sh(["docker", "exec", c, "python3", "/tmp/multinotes-sampler.py", "/tmp/multinotes-idle.csv",
         "/tmp/multinotes-idle.stop", str(args.idle), "1", ",".join(SERVICES)])
     idle = list(csv.DictReader(io.StringIO(sh(["docker", "exec", c, "cat", "/tmp/multinotes-idle.csv"]))))
