@@ -19,13 +19,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# The ansible-playbook beside this Python (the venv), else the one on PATH.
+ANSIBLE_PLAYBOOK = str(next((p for p in [Path(sys.executable).parent / "ansible-playbook"] if p.exists()), "ansible-playbook"))
 RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)\s+skipped=(\d+)", re.M)
 TASK_TIME = re.compile(r"^(.+?) -{2,} (\d+\.\d+)s$", re.M)
 
 
 def playbook(*args):
     started = time.monotonic()
-    result = subprocess.run(["ansible-playbook", *args], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run([ANSIBLE_PLAYBOOK, *args], cwd=ROOT, capture_output=True, text=True)
     return result, time.monotonic() - started
 
 

@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# The ansible-playbook beside this Python (the venv), else the one on PATH.
+ANSIBLE_PLAYBOOK = str(next((p for p in [Path(sys.executable).parent / "ansible-playbook"] if p.exists()), "ansible-playbook"))
 SAMPLER = ROOT / "roles" / "loadtest" / "files" / "sampler.py"
 SERVICES = ["nginx", "gunicorn", "celery", "redis-server", "mariadbd"]
 
@@ -46,7 +48,7 @@ def main():
     idle = list(csv.DictReader(io.StringIO(sh(["docker", "exec", c, "cat", "/tmp/multinotes-idle.csv"]))))
     mem_total = int(sh(["docker", "exec", c, "awk", "/MemTotal/ {print $2}", "/proc/meminfo"])) / 1024
     counts = {s: int(sh(["docker", "exec", c, "sh", "-c", f"pgrep -c -x {s} || true"]).strip() or 0) for s in SERVICES}
-    run = subprocess.run(["ansible-playbook", "-i", "inventories/local", "playbooks/loadtest.yml",
+    run = subprocess.run([ANSIBLE_PLAYBOOK, "-i", "inventories/local", "playbooks/loadtest.yml",
                           "-e", "loadtest_scenario=baseline"], cwd=ROOT, capture_output=True, text=True)
     reports = sorted((ROOT / "reports" / "loadtest").glob("*-baseline/hosts.csv"))
     loaded = next(csv.DictReader(reports[-1].open())) if reports else {}

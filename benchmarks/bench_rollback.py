@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# The ansible-playbook beside this Python (the venv), else the one on PATH.
+ANSIBLE_PLAYBOOK = str(next((p for p in [Path(sys.executable).parent / "ansible-playbook"] if p.exists()), "ansible-playbook"))
 HERE = Path(__file__).resolve().parent
 
 
@@ -27,7 +29,7 @@ def under_load(args, playbook_args):
          "--duration", str(args.max_seconds)], stdout=subprocess.PIPE, text=True)
     time.sleep(2)
     started = time.monotonic()
-    result = subprocess.run(["ansible-playbook", *playbook_args], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run([ANSIBLE_PLAYBOOK, *playbook_args], cwd=ROOT, capture_output=True, text=True)
     seconds = time.monotonic() - started
     load.wait()
     return result, round(seconds, 1), json.loads(load.stdout.read())
