@@ -16,7 +16,7 @@ HARNESS := $(PY) molecule/_harness/harness.py
 ALL_SCENARIOS := $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
 PLAYBOOKS := site.yml $(wildcard playbooks/*.yml)
 
-.PHONY: help venv harness images lint syntax pytest scenario test test-matrix demo demo-down clean
+.PHONY: help venv harness images lint syntax pytest scenario test test-matrix demo demo-down clean loadtest bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -68,6 +68,12 @@ demo: venv images ## Converge the stack into local containers and print the URL
 	ansible-playbook -i inventories/local playbooks/restore.yml --limit db -e @.cache/demo/restore-key.yml
 	@rc=0; ansible-playbook -i inventories/local playbooks/launch_check.yml || rc=$$?; \
 	  $(PY) molecule/_harness/demo_report.py; exit $$rc
+
+loadtest: venv ## Load test the demo: make loadtest SCENARIO=baseline (see README, "Load tests")
+	ansible-playbook -i inventories/local playbooks/loadtest.yml -e loadtest_scenario=$(or $(SCENARIO),baseline)
+
+bench: venv ## The benchmarks against the demo (not part of make test; replaces the demo container)
+	@bash benchmarks/run_all.sh
 
 demo-down: venv ## Remove the demo's containers
 	ansible-playbook molecule/_harness/destroy.yml -e @demo/containers.yml
