@@ -273,6 +273,84 @@ def test_static_files_are_collected_into_the_release(hosts):
     assert hosts["app-web"].run("ls /srv/multinotes/current/static/admin/css/base.*.css").rc == 0
 
 
+LOG_DIR = "/var/log/multinotes"
+# Each log file, where it lives, and how to make its process write a line to it right now
+# (returns the text that line carries, or None when the process logs on its own: beat).
+LOGS = {
+    "gunicorn-access.log": "app-web",
+    "gunicorn-error.log": "app-web",  # gunicorn's own lines and the app's (Django's "Not Found: ...")
+    "celery-worker-default.log": "app-worker",
+    "celery-beat.log": "app-worker",
+}
+
+
+def make_log_line(hosts, log):
+    web = hosts["app-web"]
+    if log.startswith("gunicorn"):
+        marker = f"/logrotate-probe-{time.time_ns()}/"
+        assert request(web, marker)["status"] == 404
+        return f"GET {marker}" if log == "gunicorn-access.log" else f"Not Found: {marker}"
+    if log.startswith("celery-worker"):
+        queued = request(web, "/api/v1/tasks/", "POST", {"a": 1, "b": 1})
+        assert queued["status"] == 202, queued
+        return queued["json"]["task_id"]
+    return "Sending due task"  # beat, every 5 s (HEARTBEAT_INTERVAL)
+
+
+def wait_for_line(h, path, text, seconds=30):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if h.run("grep -qF -- %s %s", text, path).rc == 0:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+@pytest.mark.parametrize("name", ["app-web", "app-worker"])
+def test_logrotate_config_has_no_error(hosts, name):
+    out = hosts[name].run("logrotate -d /etc/logrotate.conf")
+    # Its messages name files such as gunicorn-error.log: look for its own error lines only.
+    assert out.rc == 0 and not re.search(r"^error:", out.stdout + out.stderr, re.M), out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("log", LOGS)
+def test_log_file_is_the_app_users_and_readable_by_adm_only(hosts, log):
+    h = hosts[LOGS[log]]
+    directory = h.file(LOG_DIR)
+    assert (directory.user, directory.group, directory.mode) == ("multinotes", "adm", 0o2750)
+    f = h.file(f"{LOG_DIR}/{log}")
+    assert (f.user, f.group, f.mode) == ("multinotes", "adm", 0o640)
+
+
+# Rotate for real, twice. After the first rotation the process writes its next line to the
+# new file and nothing more to the rotated one, without a restart (gunicorn: USR1 from the
+# postrotate; Celery: its handler sees the file was renamed); the second rotation compresses
+# the first rotated file (delaycompress) into a valid .2.gz.
+@pytest.mark.parametrize("log", LOGS)
+def test_process_logs_to_the_new_file_after_a_rotation(hosts, log):
+    h = hosts[LOGS[log]]
+    path = f"{LOG_DIR}/{log}"
+    unit = "gunicorn.service" if log.startswith("gunicorn") else log.removesuffix(".log") + ".service"
+    pid = h.check_output("systemctl show -p MainPID --value %s", unit)
+    # notifempty: give it a line first, so the forced rotation does rotate it.
+    assert wait_for_line(h, path, make_log_line(hosts, log)), h.run("tail -n 20 %s", path).stdout
+    h.check_output("logrotate -f /etc/logrotate.d/multinotes")
+    new = h.file(path)
+    assert (new.user, new.group, new.mode) == ("multinotes", "adm", 0o640)
+    time.sleep(1)  # the reopen is asynchronous (USR1), give it a moment before measuring
+    rotated_size = h.file(f"{path}.1").size
+    assert wait_for_line(h, path, make_log_line(hosts, log)), (
+        f"no new line in the new {log}:\n" + h.run("tail -n 20 %s.1", path).stdout)
+    time.sleep(1)
+    assert h.file(f"{path}.1").size == rotated_size, f"{log}.1 is still being written to"
+    assert h.check_output("systemctl show -p MainPID --value %s", unit) == pid, f"{unit} was restarted"
+
+    first = h.check_output("sha256sum < %s.1", path)
+    h.check_output("logrotate -f /etc/logrotate.d/multinotes")
+    assert h.run("gzip -t %s.2.gz", path).rc == 0
+    assert h.check_output("zcat %s.2.gz | sha256sum", path) == first
+
+
 @pytest.mark.parametrize("bad_vars,named", [
     ({"app_secret_key": "too-short-Aa1!"}, "app_secret_key"),  # pragma: allowlist secret
     ({"app_secret_key": "django-insecure-" + "x" * 60}, "app_secret_key"),  # pragma: allowlist secret
@@ -283,8 +361,11 @@ def test_static_files_are_collected_into_the_release(hosts):
     ({"app_db_password": "alllowercaseandlong-but-no-digits"}, "app_db_password"),  # pragma: allowlist secret
     ({"app_cors_allow_all": True}, "app_cors_allow_all"),
     ({"app_site_url": "http://app.test"}, "app_site_url"),
+    ({"logrotate_rotate": "thirty"}, "logrotate_rotate"),
+    ({"logrotate_app_mode": "640"}, "logrotate_app_mode"),
+    ({"logrotate_app_reopen_units": ["gunicorn.service; reboot"]}, "logrotate_app_reopen_units"),
 ], ids=["key-short", "key-placeholder", "debug", "allowed-hosts", "db-root", "pw-short", "pw-classes",
-        "cors-all", "site-http"])
+        "cors-all", "site-http", "rotate-not-int", "log-mode", "reopen-unit"])
 def test_bad_input_fails_before_any_change_and_prints_no_secret(bad_vars, named):
     rc, out, recap = testlib.run_playbook(PLAYBOOK, limit="app-web", extra_vars=dict(VALID, **bad_vars))
     assert rc != 0, out

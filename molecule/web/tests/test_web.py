@@ -4,6 +4,7 @@ that issued the served certificate), from the peer web host and from loopback.
 """
 
 import json
+import re
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -374,6 +375,58 @@ def test_forced_renewal_is_served_without_a_manual_restart(client, web, host):
     assert fetch(client, f"https://{apex}/").status == 200
 
 
+def nginx_request(h, apex, marker):
+    """One request from loopback whose path (and so its access log line) carries `marker`."""
+    h.check_output("curl -sk -o /dev/null --resolve %s:443:127.0.0.1 https://%s/%s", apex, apex, marker)
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_logrotate_config_has_no_error(web, host):
+    out = web[host].run("logrotate -d /etc/logrotate.conf")
+    # Its messages name files such as error.log: look for its own error lines only.
+    assert out.rc == 0 and not re.search(r"^error:", out.stdout + out.stderr, re.M), out.stdout + out.stderr
+    # nginx's logs are named by one config only: Debian's is diverted out of logrotate's way.
+    assert "/etc/logrotate.d/nginx.dpkg-dist" in web[host].check_output("dpkg-divert --list /etc/logrotate.d/nginx")
+    assert web[host].check_output("grep -l /var/log/nginx /etc/logrotate.d/* | grep -v '[.]dpkg-dist$'") == (
+        "/etc/logrotate.d/nginx")
+
+
+# Rotate for real, twice: nginx writes its next line to the new file (USR1: reopen, not
+# restart), and the first rotated file is compressed at the second rotation (delaycompress).
+@pytest.mark.parametrize("host", HOSTS)
+def test_nginx_reopens_its_log_after_a_rotation_and_it_is_compressed_next_time(web, host):
+    h, apex = web[host], APEX[host]
+    pid = main_pid(h)
+    before, after = f"logrotate-before-{host}-{time.time_ns()}", f"logrotate-after-{host}-{time.time_ns()}"
+    nginx_request(h, apex, before)
+    h.check_output("logrotate -f /etc/logrotate.d/nginx")
+    log = h.file("/var/log/nginx/access.log")
+    assert (log.user, log.group, log.mode) == ("www-data", "adm", 0o640)
+    time.sleep(1)  # USR1 is asynchronous: the master reopens, then tells its workers
+    nginx_request(h, apex, after)
+    assert after in log.content_string, "the new line is not in the new access.log"
+    assert before not in log.content_string
+    rotated = h.file("/var/log/nginx/access.log.1").content_string
+    assert before in rotated and after not in rotated
+    assert main_pid(h) == pid, "nginx was restarted, not told to reopen its logs"
+    h.check_output("logrotate -f /etc/logrotate.d/nginx")
+    assert h.run("gzip -t /var/log/nginx/access.log.2.gz").rc == 0
+    assert before in h.check_output("zcat /var/log/nginx/access.log.2.gz")
+    assert after in h.file("/var/log/nginx/access.log.1").content_string  # not compressed yet
+
+
+def test_a_config_logrotate_rejects_never_replaces_the_installed_one(web):
+    h = web["web-12"]
+    before = h.check_output("sha256sum /etc/logrotate.d/nginx")
+    rc, out, recap = testlib.run_playbook(SCENARIO / "converge.yml", limit="web-12",
+                                          extra_vars={"logrotate_nginx_user": "no-such-user"})
+    assert rc != 0, out
+    assert "no-such-user" in out and "failed to validate" in out, out
+    assert recap["web-12"]["failed"] == 1 and recap["web-12"]["changed"] == 0, out
+    assert h.check_output("sha256sum /etc/logrotate.d/nginx") == before
+    assert h.run("logrotate -d /etc/logrotate.d/nginx").rc == 0
+
+
 @pytest.mark.parametrize("bad_vars,named", [
     ({"nginx_server_names": ["multinotes-12.test", "bad_name!.test"]}, "nginx_server_names"),
     ({"nginx_server_names": []}, "nginx_server_names"),
@@ -381,7 +434,12 @@ def test_forced_renewal_is_served_without_a_manual_restart(client, web, host):
     ({"nginx_login_limit_rate": "5 per minute"}, "nginx_login_limit_rate"),
     ({"nginx_tls_profile": "old"}, "nginx_tls_profile"),
     ({"certbot_acme_directory": "http://pebble:14000/dir"}, "certbot_acme_directory"),
-], ids=["invalid-domain", "empty-domains", "size", "rate", "tls-profile", "acme-url"])
+    ({"logrotate_rotate": "thirty"}, "logrotate_rotate"),
+    ({"logrotate_rotate": 0}, "logrotate_rotate"),
+    ({"logrotate_nginx_mode": 640}, "logrotate_nginx_mode"),
+    ({"logrotate_frequency": "hourly"}, "logrotate_frequency"),
+], ids=["invalid-domain", "empty-domains", "size", "rate", "tls-profile", "acme-url",
+        "rotate-not-int", "rotate-zero", "log-mode", "frequency"])
 def test_bad_input_fails_before_any_change(bad_vars, named):
     testlib.assert_refused_before_any_change(SCENARIO / "converge.yml", limit="web-12",
                                                    extra_vars=bad_vars, named=named)
