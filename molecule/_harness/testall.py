@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """`make test`: lint, syntax, controller pytest, then every Molecule scenario.
 
-The scenarios run in MULTINOTES_LANES parallel lanes (default 2): each has its own
+The scenarios run in MULTINOTES_LANES parallel lanes (default 3): each has its own
 containers, Docker network and Molecule state, and most of a scenario's time is spent
 waiting on containers, not on the CPU. The longest scenarios (as measured by the last
 run on this machine) start first. Each scenario's full output goes to
@@ -82,7 +82,7 @@ def main():
         return 2
     LOGS.mkdir(parents=True, exist_ok=True)
     results = [run_step(name, ["make", "--no-print-directory", name]) for name in ("lint", "syntax", "pytest")]
-    lanes = max(1, int(os.environ.get("MULTINOTES_LANES", "2")))
+    lanes = max(1, int(os.environ.get("MULTINOTES_LANES", "3")))
     names = scenarios()
     print(f"\n===== scenarios, {lanes} lane(s), longest first: {' '.join(names)}", flush=True)
     with ThreadPoolExecutor(max_workers=lanes) as pool:
