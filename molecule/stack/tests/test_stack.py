@@ -219,7 +219,10 @@ def test_code_only_rollback_takes_seconds_and_fails_no_request():
     print(f"code-only rollback to 2.0.0 took {elapsed:.1f} s under load: {load.counts}")
     assert load.counts["failed"] == 0 and load.counts["maintenance"] == 0, (load.counts, load.errors[:5])
     assert version() == "2.0.0"
-    assert elapsed < 60
+    # The checklist's budget for a code rollback is 5 minutes. Measured: 16 s on a quiet
+    # machine, 23 s under this load alone, 68 s while CI ran two other scenarios beside it
+    # on 2 cores (benchmarks/RESULTS.md): the bound is the budget, the time is printed.
+    assert elapsed < 300
     # Back to 1.0.0 for what follows (its schema: 0003 is not applied).
     rc, out, _ = play("rollback.yml")
     assert rc == 0, out
