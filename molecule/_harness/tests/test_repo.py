@@ -105,7 +105,7 @@ def production_value(host, var):
 
 
 @pytest.mark.parametrize("host,ports", [
-    ("web1.multinotesai.com", [9100, 9113]),
+    ("web1.multinotesai.com", [3903, 9100, 9113]),
     ("worker1.multinotesai.com", [9100]),
     ("redis1.multinotesai.com", [9100, 9121]),
     ("db1.multinotesai.com", [9100, 9104]),
