@@ -110,10 +110,10 @@ def test_nginx_responses_reach_prometheus_by_status(prom, app):
     # Real 5xx: nginx proxies to an upstream that refuses the connection (prepare.yml) -> 502.
     # The 5xx alert counts exactly this series (rules-test.yml tests its threshold).
     before = {status: responses(prom, status) for status in ("502", "200")}
-    codes = [app.check_output("curl -s -o /dev/null -w '%%{http_code}' http://127.0.0.1:8081/upstream-down")
-             for _ in range(5)]
+    status_of = "curl -s -o /dev/null -w %s http://127.0.0.1:8081%s"
+    codes = [app.check_output(status_of, "%{http_code}", "/upstream-down") for _ in range(5)]
     assert codes == ["502"] * 5, codes
-    assert app.check_output("curl -s -o /dev/null -w '%%{http_code}' http://127.0.0.1:8081/ok") == "200"
+    assert app.check_output(status_of, "%{http_code}", "/ok") == "200"
     deadline = time.time() + 60
     while True:
         seen = {status: responses(prom, status) - before[status] for status in ("502", "200")}
