@@ -95,3 +95,22 @@ def test_production_firewall_opens_data_ports_only_to_app_hosts(host, ports):
         return json.loads(result.stdout.split("=>", 1)[1])[var]
     assert value("base_firewall_private_tcp_ports") == ports
     assert sorted(value("base_firewall_private_sources")) == ["10.0.1.11", "10.0.1.12", "10.0.1.21"]
+
+
+def production_value(host, var):
+    result = run("ansible", "-i", "inventories/production", host, "-m", "ansible.builtin.debug",
+                 "-a", f"var={var}", "-o")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout.split("=>", 1)[1])[var]
+
+
+@pytest.mark.parametrize("host,ports", [
+    ("web1.multinotesai.com", [3903, 9100, 9113]),
+    ("worker1.multinotesai.com", [9100]),
+    ("redis1.multinotesai.com", [9100, 9121]),
+    ("db1.multinotesai.com", [9100, 9104]),
+    ("mon1.multinotesai.com", [9090, 9100]),
+])
+def test_production_firewall_opens_exporters_only_to_the_monitoring_host(host, ports):
+    assert sorted(production_value(host, "base_firewall_monitoring_tcp_ports")) == ports
+    assert production_value(host, "base_firewall_monitoring_sources") == ["10.0.1.51"]

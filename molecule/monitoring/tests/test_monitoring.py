@@ -1,0 +1,244 @@
+"""Monitoring, by behaviour: Prometheus really scrapes every exporter, the exporters answer
+only the monitoring host, every alert rule fires at its threshold and not below (promtool),
+and a real fault (Redis stopped) reaches the alert hook and resolves."""
+
+import json
+import socket
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+import testlib
+import yaml
+
+SCENARIO = Path(__file__).resolve().parents[1]
+VARS = yaml.safe_load((SCENARIO / "vars" / "test.yml").read_text())
+ALERTS = sorted({name.split(":")[0].strip("'") for name in
+                 (t["name"] for t in yaml.safe_load((SCENARIO / "files" / "rules-test.yml").read_text())["tests"])})
+RECEIVED = "/var/log/alert-receiver.jsonl"
+
+
+@pytest.fixture(scope="module")
+def prom():
+    return testlib.host("mon-prom")
+
+
+@pytest.fixture(scope="module")
+def app():
+    return testlib.host("mon-app")
+
+
+def api(prom, path):
+    """GET Prometheus' HTTP API on its private address, from the monitoring host."""
+    # testinfra quotes each argument for the shell itself.
+    out = prom.check_output("curl -fsS --max-time 10 %s", f"http://{testlib.address(prom)}:9090{path}")
+    return json.loads(out)["data"]
+
+
+def query(prom, expr):
+    return api(prom, "/api/v1/query?query=" + urllib.parse.quote(expr, safe=""))["result"]
+
+
+def received(prom):
+    out = prom.run("cat %s", RECEIVED).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def notifications(prom, alertname, status):
+    """(receive index, alert) for every notification of `alertname` with `status`."""
+    return [(i, alert) for i, message in enumerate(received(prom)) for alert in message["alerts"]
+            if alert["labels"]["alertname"] == alertname and alert["status"] == status]
+
+
+# --- Scraping ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("job,instance", [
+    ("node", "mon-prom"), ("node", "mon-app"), ("redis", "mon-app:broker"), ("redis", "mon-app:cache"),
+    ("nginx", "mon-app"), ("nginx_log", "mon-app"), ("mysqld", "mon-app"), ("prometheus", "mon-prom"), ("alertmanager", "mon-prom"),
+])
+def test_prometheus_scrapes_the_target_and_it_is_up(prom, job, instance):
+    deadline = time.time() + 60
+    while True:
+        targets = {(t["labels"]["job"], t["labels"]["instance"]): t for t in api(prom, "/api/v1/targets")["activeTargets"]}
+        assert (job, instance) in targets, sorted(targets)
+        if targets[(job, instance)]["health"] == "up" or time.time() > deadline:
+            break
+        time.sleep(2)
+    assert targets[(job, instance)]["health"] == "up", targets[(job, instance)]["lastError"]
+
+
+@pytest.mark.parametrize("expr", [
+    # What each exporter reads, not just that it answers: the data store really answered it.
+    'redis_up{instance="mon-app:broker"}', 'redis_up{instance="mon-app:cache"}', 'mysql_up',
+    'nginx_up', 'multinotes_celery_broker_up',
+])
+def test_exporter_reads_its_service(prom, expr):
+    deadline = time.time() + 60
+    while True:
+        result = query(prom, expr)
+        if [r["value"][1] for r in result] == ["1"] or time.time() > deadline:
+            break
+        time.sleep(2)
+    assert [r["value"][1] for r in result] == ["1"], result
+
+
+def test_celery_probe_reports_the_real_queue_length(prom, app):
+    # Three tasks' worth of items pushed into the broker's "celery" list as the app user.
+    env = f"REDISCLI_AUTH={VARS['mon_redis_app_password']}"
+    app.check_output("%s redis-cli --user multinotes -p 6379 RPUSH celery a b c", env)
+    try:
+        # Twice: the first may join a run the timer started before the push.
+        app.check_output("systemctl start multinotes-celery-metrics.service")
+        app.check_output("systemctl start multinotes-celery-metrics.service")
+        metrics = prom.check_output("curl -fsS http://%s:9100/metrics", testlib.address(app))
+        assert 'multinotes_celery_queue_length{queue="celery"} 3' in metrics
+        # No worker in this scenario: the probe says so instead of failing silently.
+        assert "multinotes_celery_workers_responding 0" in metrics
+    finally:
+        app.run("%s redis-cli --user multinotes -p 6379 DEL celery", env)
+        app.run("systemctl start multinotes-celery-metrics.service")
+
+
+def responses(prom, status):
+    """Prometheus' latest value of mon-app's nginx response counter for `status` (0 if none yet)."""
+    result = query(prom, f'sum(multinotes_nginx_responses_total{{host="mon-app",status="{status}"}})')
+    return float(result[0]["value"][1]) if result else 0.0
+
+
+def test_nginx_responses_reach_prometheus_by_status(prom, app):
+    # Real 5xx: nginx proxies to an upstream that refuses the connection (prepare.yml) -> 502.
+    # The 5xx alert counts exactly this series (rules-test.yml tests its threshold).
+    before = {status: responses(prom, status) for status in ("502", "200")}
+    status_of = "curl -s -o /dev/null -w %s http://127.0.0.1:8081%s"
+    codes = [app.check_output(status_of, "%{http_code}", "/upstream-down") for _ in range(5)]
+    assert codes == ["502"] * 5, codes
+    assert app.check_output(status_of, "%{http_code}", "/ok") == "200"
+    deadline = time.time() + 60
+    while True:
+        seen = {status: responses(prom, status) - before[status] for status in ("502", "200")}
+        if seen == {"502": 5, "200": 1} or time.time() > deadline:
+            break
+        time.sleep(2)
+    assert seen == {"502": 5, "200": 1}, seen
+
+
+# --- Exposure ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("port", [9100, 9121, 9113, 3903, 9104])
+def test_exporter_listens_on_the_private_address_only(app, port):
+    # Local address column only (the peer column of a listener is always a wildcard).
+    listening = [line.split()[3] for line in app.check_output("ss -Hltn 'sport = :%s'", str(port)).splitlines()]
+    assert listening == [f"{testlib.address(app)}:{port}"], listening
+
+
+@pytest.mark.parametrize("port", [9100, 9121, 9113, 3903, 9104])
+def test_exporter_answers_the_monitoring_host_and_no_one_else(prom, app, port):
+    assert testlib.tcp_connects(prom, testlib.address(app), port)
+    # From this controller (another address on the scenario network) the firewall drops it.
+    with socket.socket() as s:
+        s.settimeout(2)
+        assert s.connect_ex((testlib.address(app), port)) != 0
+
+
+def test_stub_status_is_on_loopback_only(app):
+    assert "Active connections" in app.check_output("curl -fsS http://127.0.0.1:8089/stub_status")
+    assert app.run("curl -fsS --max-time 3 http://%s:8089/stub_status", testlib.address(app)).rc != 0
+
+
+@pytest.mark.parametrize("port,where", [(9093, "127.0.0.1"), (9115, "127.0.0.1")])
+def test_alertmanager_and_prober_listen_on_loopback(prom, port, where):
+    listening = [line.split()[3] for line in prom.check_output("ss -Hltn 'sport = :%s'", str(port)).splitlines()]
+    assert listening == [f"{where}:{port}"], listening
+
+
+@pytest.mark.parametrize("unit", [
+    "prometheus-node-exporter", "prometheus-redis-exporter", "prometheus-nginx-exporter", "prometheus-mysqld-exporter", "mtail",
+])
+def test_exporter_unit_is_sandboxed(app, unit):
+    props = app.check_output("systemctl show %s -p ProtectSystem -p NoNewPrivileges -p CapabilityBoundingSet", unit)
+    assert "ProtectSystem=strict" in props and "NoNewPrivileges=yes" in props, props
+    assert "CapabilityBoundingSet=\n" in props + "\n", props
+
+
+# --- Rules and configuration -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def default_rules():
+    rc, out, _ = testlib.run_playbook(SCENARIO / "render-default-rules.yml", limit="mon-prom")
+    assert rc == 0, out
+
+
+@pytest.mark.parametrize("alert", ALERTS)
+def test_rule_fires_at_its_threshold_and_not_below(prom, default_rules, alert):
+    result = prom.run("cd /tmp/rule-tests && promtool test rules --run %s rules-test.yml", f"^{alert}: ")
+    assert result.rc == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_every_rule_has_unit_tests(prom):
+    rules = yaml.safe_load(prom.check_output("cat /etc/prometheus/rules/multinotes.yml"))
+    names = sorted(r["alert"] for g in rules["groups"] for r in g["rules"])
+    assert names == ALERTS
+
+
+@pytest.mark.parametrize("cmd", [
+    "promtool check config /etc/prometheus/prometheus.yml",
+    "amtool check-config /etc/prometheus/alertmanager.yml",
+    "prometheus-blackbox-exporter --config.check --config.file=/etc/prometheus/blackbox.yml",
+])
+def test_rendered_configuration_passes_its_checker(prom, cmd):
+    result = prom.run(cmd)
+    assert result.rc == 0, result.stdout + result.stderr
+
+
+# --- A real fault, a real alert ----------------------------------------------------
+
+def wait_for(prom, alertname, status, after, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = [(i, a) for i, a in notifications(prom, alertname, status) if i >= after]
+        if found:
+            return found
+        time.sleep(1)
+    return []
+
+
+def test_redis_down_alerts_once_and_resolves(prom, app):
+    start = len(received(prom))
+    app.check_output("systemctl stop redis-server@broker")
+    try:
+        t0 = time.time()
+        firing = wait_for(prom, "RedisDown", "firing", start, 90)
+        fired_after = time.time() - t0
+        assert firing, received(prom)[start:]
+        assert firing[0][1]["labels"]["instance"] == "mon-app:broker"
+    finally:
+        app.check_output("systemctl start redis-server@broker")
+    resolved = wait_for(prom, "RedisDown", "resolved", start, 90)
+    assert resolved, received(prom)[start:]
+    # One fault, one page: a single firing notification for it, however long it lasted.
+    assert len([n for n in notifications(prom, "RedisDown", "firing") if n[0] >= start]) == 1
+    print(f"RedisDown reached the hook {fired_after:.0f} s after Redis stopped")
+
+
+# --- Bad input ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("extra_vars,named", [
+    ({"monitoring_alert_cpu_percent": "eighty"}, "monitoring_alert_cpu_percent"),
+    ({"monitoring_scrape_hosts": ["mon-app", "ghost.example.test"]}, "monitoring_scrape_hosts"),
+    ({"backup_alert_webhook_url": "", "backup_alert_mail_to": ""}, "monitoring_alert_webhook_url"),
+    ({"monitoring_alertmanager_routes": [{"receiver": "pager", "matchers": []}]}, "monitoring_alertmanager_routes"),
+])
+def test_bad_monitoring_input_is_refused_before_any_change(extra_vars, named):
+    testlib.assert_refused_before_any_change(
+        SCENARIO / "monitoring-only.yml", limit="mon-prom", extra_vars=extra_vars, named=named)
+
+
+@pytest.mark.parametrize("extra_vars,named", [
+    ({"exporters_listen_address": "0.0.0.0"}, "exporters_listen_address"),
+    ({"exporters_nginx_log_files": ["access.log"]}, "exporters_nginx_log_files"),
+])
+def test_bad_exporter_input_is_refused_before_any_change(extra_vars, named):
+    testlib.assert_refused_before_any_change(
+        SCENARIO / "exporters-only.yml", limit="mon-app", extra_vars=extra_vars, named=named)
