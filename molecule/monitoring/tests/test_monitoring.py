@@ -135,7 +135,12 @@ def test_exporter_listens_on_the_private_address_only(app, port):
 @pytest.mark.parametrize("port", [9100, 9121, 9113, 3903, 9104])
 def test_exporter_answers_the_monitoring_host_and_no_one_else(prom, app, port):
     assert testlib.tcp_connects(prom, testlib.address(app), port)
-    # From this controller (another address on the scenario network) the firewall drops it.
+    # From this controller (another address on the scenario network) the firewall drops it;
+    # the control: the same source reaches nginx's public port 80 on the same host, so the
+    # refusal is the firewall's, not an unreachable network.
+    with socket.socket() as s:
+        s.settimeout(2)
+        assert s.connect_ex((testlib.address(app), 80)) == 0
     with socket.socket() as s:
         s.settimeout(2)
         assert s.connect_ex((testlib.address(app), port)) != 0
@@ -159,6 +164,25 @@ def test_exporter_unit_is_sandboxed(app, unit):
     props = app.check_output("systemctl show %s -p ProtectSystem -p NoNewPrivileges -p CapabilityBoundingSet", unit)
     assert "ProtectSystem=strict" in props and "NoNewPrivileges=yes" in props, props
     assert "CapabilityBoundingSet=\n" in props + "\n", props
+
+
+@pytest.mark.parametrize("name,unit", [
+    ("mon-app", "prometheus-node-exporter"), ("mon-app", "prometheus-redis-exporter"),
+    ("mon-app", "prometheus-nginx-exporter"), ("mon-app", "prometheus-mysqld-exporter"), ("mon-app", "mtail"),
+    ("mon-prom", "prometheus-node-exporter"), ("mon-prom", "prometheus"), ("mon-prom", "prometheus-alertmanager"),
+    ("mon-prom", "prometheus-blackbox-exporter"),
+])
+def test_service_started_once_and_never_failed(name, unit):
+    """A service started before what it reads was ready fails and is restarted by systemd
+    (Restart=on-failure): converge passes or fails by timing. Since boot, through the
+    converge, its second run and the check runs, each service has never failed a start."""
+    h = testlib.host(name)
+    restarts = h.check_output("systemctl show -P NRestarts %s", unit)
+    log = h.run("journalctl -b -u %s --no-pager -o cat", unit).stdout.splitlines()
+    failures = "\n".join(line for line in log if "Failed with result" in line or "Failed to start" in line
+                         or "Main process exited, code=exited" in line)
+    assert restarts == "0" and not failures, (
+        f"{unit} on {name}: NRestarts={restarts}\n{failures}\n{testlib.journal(h, unit)}")
 
 
 # --- Rules and configuration -------------------------------------------------------
