@@ -103,3 +103,32 @@ def assert_refused_before_any_change(playbook, *, limit, extra_vars, named):
     assert recap[limit]["changed"] == 0, out
     assert recap[limit]["failed"] == 1, out
     return out
+
+
+def changed_tasks(out):
+    """{host: [task name, ...]} of every task the output reports as changed."""
+    changed, task = {}, None
+    for line in out.splitlines():
+        m = re.match(r"^(?:TASK|RUNNING HANDLER) \[(.*)\]", line)
+        if m:
+            task = m.group(1)
+            continue
+        m = re.match(r"^changed: \[([^\]]+)\]", line)
+        if m:
+            host = m.group(1).split(" -> ")[0]
+            changed.setdefault(host, []).append(task)
+    return changed
+
+
+def assert_check_mode_changes_nothing(playbook, *, limit="all"):
+    """The converge in check mode, on the converged hosts: every host reports changed=0.
+
+    Molecule's own `check` step fails only when a task fails; this is the promise that a
+    converged host has nothing left to change, enforced. Returns the recap."""
+    rc, out, recap = run_playbook(playbook, limit=limit, check=True)
+    assert rc == 0, out[-6000:]
+    assert recap, out[-3000:]
+    print("check mode recap: " + ", ".join(f"{h} changed={r['changed']}" for h, r in sorted(recap.items())))
+    assert all(r["changed"] == 0 for r in recap.values()), (
+        f"check mode on converged hosts reports changes: {changed_tasks(out)}\n{out[-6000:]}")
+    return recap
