@@ -60,9 +60,29 @@ def test_a_playbook_in_each_documented_place_sees_shared_vars(env, directory, tm
     assert f"probe=multinotes/{env}" in result.stdout
 
 
-def test_every_documented_playbook_lives_in_a_probed_place():
-    playbooks = [ROOT / "site.yml", *sorted((ROOT / "playbooks").glob("*.yml"))]
-    assert all(p.parent in PLAYBOOK_DIRS for p in playbooks)
+def play_files():
+    """Every YAML file outside roles/ and molecule/ (and tool caches) that holds plays."""
+    skip = {"roles", "molecule", "collections", ".venv", ".cache", ".git"}
+    tracked = run("git", "ls-files", "--cached", "--others", "--exclude-standard", "*.yml", "*.yaml").stdout.split()
+    found = []
+    for name in tracked:
+        path = ROOT / name
+        if path.parts[len(ROOT.parts)] in skip or not path.exists():
+            continue
+        data = yaml.safe_load(path.read_text())
+        if isinstance(data, list) and data and all(
+                isinstance(item, dict) and ("hosts" in item or "import_playbook" in item
+                                            or "ansible.builtin.import_playbook" in item) for item in data):
+            found.append(path)
+    return found
+
+
+def test_every_playbook_lives_in_a_probed_place():
+    found = play_files()
+    assert ROOT / "site.yml" in found and ROOT / "playbooks" / "deploy.yml" in found, found
+    elsewhere = [str(p.relative_to(ROOT)) for p in found if p.parent not in PLAYBOOK_DIRS]
+    # A play file anywhere else would not see group_vars/ (the shared values) at all.
+    assert not elsewhere, f"play files outside {[str(d.relative_to(ROOT)) or '.' for d in PLAYBOOK_DIRS]}: {elsewhere}"
     # playbooks/ sees the very same shared vars, at the same precedence, as site.yml.
     assert (ROOT / "playbooks" / "group_vars").resolve() == (ROOT / "group_vars").resolve()
 
