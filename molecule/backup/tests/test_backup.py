@@ -239,9 +239,11 @@ def test_failure_alerts_and_leaves_no_trace(backed_up, hosts, s3, case, changes,
 
 def test_overlapping_run_exits_and_alerts(backed_up, hosts, s3):
     h = hosts["ops-12"]
-    h.check_output("systemd-run --unit=ops-hold-lock flock /run/lock/multinotes-backup-mariadb.lock sleep 60")
+    lock = "/run/lock/multinotes-backup-mariadb.lock"
+    h.check_output("systemd-run --unit=ops-hold-lock flock %s sleep 60", lock)
     try:
-        h.check_output("sleep 1")
+        # Until the unit really holds the lock (flock -n fails), at most 10 s: no fixed sleep.
+        h.check_output("for i in $(seq 100); do flock -n %s true || exit 0; sleep 0.1; done; exit 1", lock)
         before = len(alerts(s3))
         result = h.run("multinotes-backup mariadb")
         assert result.rc != 0 and "another run holds" in result.stderr, result.stderr
@@ -279,16 +281,47 @@ def test_certificate_expiry_check(hosts, s3, days, alerted):
     assert [a["check"] for a in new] == (["check-certs"] if alerted else []), new
 
 
+def cron_entries(h):
+    """(environment, {command: schedule}) of /etc/cron.d/multinotes-backup, read as cron reads it."""
+    env, entries = {}, {}
+    for line in h.file("/etc/cron.d/multinotes-backup").content_string.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        head = line.split()[0]
+        if "=" in head:
+            name, _, value = line.partition("=")
+            env[name.strip()] = value.strip()
+            continue
+        fields = line.split(None, 6)
+        assert fields[5] == "root", line
+        entries[fields[6]] = " ".join(fields[:5])
+    return env, entries
+
+
 @pytest.mark.parametrize("name", HOSTS)
-def test_cron_runs_the_backup_and_checks(hosts, name):
+@pytest.mark.parametrize("job", ["all", "check-freshness"])
+def test_cron_line_runs_in_crons_own_environment(backed_up, hosts, s3, name, job):
+    """The cron line itself, run as cron runs it: the file's variables and HOME/LOGNAME only,
+    no terminal, no inherited PATH. `all` writes a new backup (a new stamp in latest.json);
+    each job logs to the journal under its tag."""
     h = hosts[name]
     testlib.assert_active(h, "cron")
     cron = h.file("/etc/cron.d/multinotes-backup")
     assert (cron.user, cron.mode) == ("root", 0o644)
-    assert "17 2 * * * root systemd-cat -t multinotes-backup /usr/local/sbin/multinotes-backup all" in cron.content_string
-    assert "check-freshness" in cron.content_string and "check-certs" in cron.content_string
-    config = h.file("/etc/multinotes-backup/config.json")
-    assert (config.user, config.mode) == ("root", 0o600)
+    assert (h.file("/etc/multinotes-backup/config.json").user, h.file("/etc/multinotes-backup/config.json").mode) == ("root", 0o600)
+    env, entries = cron_entries(h)
+    command = next(c for c in entries if c.endswith(f"/usr/local/sbin/multinotes-backup {job}"))
+    latest = s3.check_output("cat %s/latest.json", prefix_dir(name))
+    cursor = h.check_output("journalctl -n 0 --show-cursor --no-pager").split("cursor: ")[-1].strip()
+    cron_env = [f"{k}={v}" for k, v in env.items()] + ["HOME=/root", "LOGNAME=root"]
+    result = h.run("setsid env -i " + " ".join(["%s"] * len(cron_env)) + " /bin/sh -c %s < /dev/null",
+                   *cron_env, command)
+    assert result.rc == 0, result.stdout + result.stderr
+    h.check_output("journalctl --flush")
+    logged = h.check_output("journalctl -t multinotes-backup --after-cursor %s --no-pager -o cat", cursor)
+    assert logged.strip(), f"{job} from cron logged nothing to the journal"
+    if job == "all":
+        assert s3.check_output("cat %s/latest.json", prefix_dir(name)) != latest, "no new backup from the cron line"
 
 
 def test_backup_logs_reach_the_journal(backed_up, hosts):
