@@ -1,6 +1,5 @@
 #!/usr/bin/python3
-{{ ansible_managed | comment }}
-{% raw %}
+# Installed by the backup role as /usr/local/sbin/multinotes-backup (as it is: no template).
 """MultinotesAI backups: stream a dump or snapshot through compress | age | S3, never to disk.
 
 Subcommands: mariadb, redis, all (what cron runs), prune, check-freshness, check-certs,
@@ -598,4 +597,3 @@ def main():
 
 if __name__ == "__main__":
     sys.exit(main())
-{% endraw %}

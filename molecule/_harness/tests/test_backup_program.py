@@ -1,0 +1,199 @@
+"""The backup program (roles/backup/files/multinotes-backup.py) by its pure logic and its
+failure handling, on the controller: stamps, the retention plan, pruning with orphans, and
+an upload that fails half-way (a dying producer, a failing store) leaving no object behind
+and the `latest` pointer where it was. Real processes stand in the pipeline; the S3 client
+is a recording fake, so what the program asks of the store is what is asserted."""
+
+import datetime as dt
+import hashlib
+import importlib.util
+import json
+import subprocess
+import sys
+import threading
+import types
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+SPEC = importlib.util.spec_from_file_location("multinotes_backup", ROOT / "roles/backup/files/multinotes-backup.py")
+mb = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(mb)
+
+NOW = dt.datetime(2026, 12, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
+
+
+def stamp(days_ago, hours=0):
+    return (NOW - dt.timedelta(days=days_ago, hours=hours)).strftime(mb.STAMP)
+
+
+# --- Stamps and retention ------------------------------------------------------------
+
+def test_stamp_round_trips_in_utc():
+    assert mb.parse_stamp("20261201T120000Z") == NOW
+
+
+def test_keys_are_grouped_by_their_stamp_and_others_ignored():
+    keys = ["p/mariadb/db/20261201T020000Z.sql.zst.age", "p/mariadb/db/20261201T020000Z.manifest.json",
+            "p/mariadb/db/20261130T020000Z.sql.zst.age", "p/mariadb/db/latest.json", "p/mariadb/db/notes.txt"]
+    assert mb.backups_by_stamp(keys) == {
+        "20261201T020000Z": keys[:2], "20261130T020000Z": [keys[2]]}
+
+
+@pytest.mark.parametrize("prefix,expected", [
+    ("molecule/ops-12", "molecule/ops-12/mariadb/multinotes"),
+    ("/molecule/ops-12/", "molecule/ops-12/mariadb/multinotes"),
+    ("", "mariadb/multinotes"),
+])
+def test_base_prefix_has_no_empty_or_doubled_parts(prefix, expected):
+    assert mb.base_prefix({"s3": {"prefix": prefix}}, "mariadb", "multinotes") == expected
+
+
+def test_retention_keeps_every_daily_then_the_newest_of_each_week_then_nothing():
+    daily = [stamp(d) for d in range(0, 7)]
+    # 2026-11-01 .. 2026-11-22: 22 days, one backup a day, in the weekly window.
+    weekly_window = [stamp(d) for d in range(9, 31)]
+    old = [stamp(d) for d in (40, 60, 120)]
+    keep = mb.retention_plan(daily + weekly_window + old, daily_days=7, weekly_days=35, now=NOW)
+    assert set(daily) <= keep
+    assert not set(old) & keep
+    kept_weekly = sorted(keep - set(daily))
+    weeks = [mb.parse_stamp(s).isocalendar()[:2] for s in kept_weekly]
+    assert len(weeks) == len(set(weeks)), "two backups kept for one ISO week"
+    for s in kept_weekly:  # the newest of its week within the window
+        week = mb.parse_stamp(s).isocalendar()[:2]
+        assert s == max(x for x in weekly_window if mb.parse_stamp(x).isocalendar()[:2] == week)
+    assert len(kept_weekly) == len({mb.parse_stamp(s).isocalendar()[:2] for s in weekly_window})
+
+
+def test_retention_always_keeps_the_newest_backup_even_when_all_are_old():
+    old = [stamp(100), stamp(200)]
+    assert mb.retention_plan(old, daily_days=7, weekly_days=35, now=NOW) == {stamp(100)}
+
+
+def test_retention_of_nothing_is_nothing():
+    assert mb.retention_plan([], daily_days=7, weekly_days=35, now=NOW) == set()
+
+
+class FakeS3:
+    """Records what the program asks of the store; `fail_upload` makes the upload raise."""
+
+    def __init__(self, keys=(), fail_upload=None):
+        self.objects = {k: b"" for k in keys}
+        self.calls = []
+        self.fail_upload = fail_upload
+
+    def get_paginator(self, _name):
+        fake = self
+
+        class Pages:
+            def paginate(self, Bucket, Prefix):  # noqa: N803 - boto3's argument names
+                return [{"Contents": [{"Key": k} for k in sorted(fake.objects) if k.startswith(Prefix)]}]
+        return Pages()
+
+    def upload_fileobj(self, reader, bucket, key, Config=None):  # noqa: N803
+        self.calls.append(("upload", key))
+        data = b""
+        while chunk := reader.read(65536):
+            data += chunk
+            if self.fail_upload and len(data) > 0:
+                raise self.fail_upload
+        self.objects[key] = data
+
+    def head_object(self, Bucket, Key):  # noqa: N803
+        return {"ContentLength": len(self.objects[Key])}
+
+    def put_object(self, Bucket, Key, Body, ContentType=None):  # noqa: N803
+        self.calls.append(("put", Key))
+        self.objects[Key] = Body
+
+    def delete_object(self, Bucket, Key):  # noqa: N803
+        self.calls.append(("delete", Key))
+        self.objects.pop(Key, None)
+
+
+def test_prune_deletes_outside_the_policy_and_orphans_older_than_a_day(monkeypatch):
+    real_now = dt.datetime.now(dt.timezone.utc)
+
+    def ago(days, hours=0):
+        return (real_now - dt.timedelta(days=days, hours=hours)).strftime(mb.STAMP)
+
+    base = "p/mariadb/db"
+    complete = {ago(0, 1), ago(1), ago(90)}
+    orphans = {ago(2): "old", ago(0, 2): "young"}  # a data object without a manifest
+    keys = [f"{base}/{s}.sql.zst.age" for s in complete | set(orphans)]
+    keys += [f"{base}/{s}.manifest.json" for s in complete] + [f"{base}/latest.json"]
+    s3 = FakeS3(keys)
+    monkeypatch.setattr(mb, "log", lambda msg: None)
+    cfg = {"s3": {"bucket": "b", "prefix": "p"}, "retention": {"daily_days": 7, "weekly_days": 35}}
+    mb.prune(cfg, s3, "mariadb", "db")
+    deleted = {k for op, k in s3.calls if op == "delete"}
+    assert deleted == {f"{base}/{ago(90)}.sql.zst.age", f"{base}/{ago(90)}.manifest.json",
+                       f"{base}/{ago(2)}.sql.zst.age"}
+
+
+# --- The pipeline's failure handling -------------------------------------------------
+
+def procs_of(*argvs):
+    """Real processes as pipeline() returns them: [(name, proc, stderr buffer)], last stdout."""
+    procs, prev = [], None
+    for argv in argvs:
+        proc = subprocess.Popen(argv, stdin=prev, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if prev is not None:
+            prev.close()
+        prev = proc.stdout
+        buf = []
+        threading.Thread(target=mb.drain, args=(proc.stderr, buf), daemon=True).start()
+        procs.append((argv[0], proc, buf))
+    return procs, prev
+
+
+@pytest.fixture
+def boto_stub(monkeypatch):
+    """upload_stream imports boto3's TransferConfig; the controller has no boto3."""
+    transfer = types.ModuleType("boto3.s3.transfer")
+    transfer.TransferConfig = lambda **kw: kw
+    for name, module in {"boto3": types.ModuleType("boto3"), "boto3.s3": types.ModuleType("boto3.s3"),
+                         "boto3.s3.transfer": transfer}.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(mb, "log", lambda msg: None)
+
+
+CFG = {"s3": {"bucket": "b", "prefix": "p"}, "compress": {"tool": "gzip"}, "host": "ops-12"}
+
+
+def test_a_complete_upload_writes_data_then_manifest_then_latest(monkeypatch, boto_stub):
+    monkeypatch.setattr(mb, "pipeline", lambda cfg, argv, env=None: procs_of(["printf", "dump-bytes"]))
+    s3 = FakeS3()
+    stamp_ = mb.upload_stream(CFG, s3, "mariadb", "db", "sql.gz.age", ["mariadb-dump"], {"tables": {}})
+    key, manifest_key = f"p/mariadb/db/{stamp_}.sql.gz.age", f"p/mariadb/db/{stamp_}.manifest.json"
+    assert [c for c in s3.calls] == [("upload", key), ("put", manifest_key), ("put", "p/mariadb/db/latest.json")]
+    manifest = json.loads(s3.objects[manifest_key])
+    assert manifest["sha256"] == hashlib.sha256(b"dump-bytes").hexdigest() and manifest["size"] == 10
+    assert json.loads(s3.objects["p/mariadb/db/latest.json"])["stamp"] == stamp_
+
+
+def test_a_dying_producer_fails_the_upload_and_leaves_no_object(monkeypatch, boto_stub):
+    dying = ["sh", "-c", "printf partial; echo 'mysqldump: Error 2013: Lost connection' >&2; exit 2"]
+    monkeypatch.setattr(mb, "pipeline", lambda cfg, argv, env=None: procs_of(dying, ["gzip", "-c"]))
+    s3 = FakeS3(["p/mariadb/db/latest.json"])
+    with pytest.raises(mb.BackupError, match=r"sh exited 2: mysqldump: Error 2013: Lost connection"):
+        mb.upload_stream(CFG, s3, "mariadb", "db", "sql.gz.age", ["mariadb-dump"], {})
+    assert set(s3.objects) == {"p/mariadb/db/latest.json"}, "a partial object or a moved pointer remains"
+    assert not any(op == "put" for op, _ in s3.calls)
+
+
+def test_a_failing_store_kills_the_pipeline_and_cleans_up(monkeypatch, boto_stub):
+    procs = []
+
+    def pipeline(cfg, argv, env=None):
+        procs[:], out = procs_of(["sh", "-c", "while :; do printf data; done"])
+        return procs, out
+    monkeypatch.setattr(mb, "pipeline", pipeline)
+    s3 = FakeS3(["p/mariadb/db/latest.json"], fail_upload=OSError("No space left on device"))
+    with pytest.raises(mb.BackupError, match=r"upload of p/mariadb/db/\S+ failed: No space left on device"):
+        mb.upload_stream(CFG, s3, "mariadb", "db", "sql.gz.age", ["mariadb-dump"], {})
+    assert all(proc.poll() is not None for _, proc, _ in procs), "the producer was left running"
+    assert set(s3.objects) == {"p/mariadb/db/latest.json"}
+    assert sorted(op for op, _ in s3.calls) == ["delete", "delete", "upload"]
