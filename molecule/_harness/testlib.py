@@ -132,3 +132,9 @@ def assert_check_mode_changes_nothing(playbook, *, limit="all"):
     assert all(r["changed"] == 0 for r in recap.values()), (
         f"check mode on converged hosts reports changes: {changed_tasks(out)}\n{out[-6000:]}")
     return recap
+
+
+def test_converge_in_check_mode_reports_no_change_on_any_host():
+    """Every scenario's first test (each tests/test_00_check_mode.py imports it, so pytest
+    collects it there): the scenario's converge in check mode on its converged hosts."""
+    assert_check_mode_changes_nothing(Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"]) / "converge.yml")
