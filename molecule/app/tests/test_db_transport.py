@@ -24,6 +24,8 @@ kwargs = dict(host=env["DB_HOST"], port=int(env["DB_PORT"]), user=user, password
               database=env["DB_NAME"], connect_timeout=10)
 if sys.argv[3] == "tls":
     kwargs["ssl"] = {"ca": env["DB_SSL_CA"], "check_hostname": True}
+else:  # PyMySQL negotiates TLS by itself when the server offers it: plain text is asked for
+    kwargs["ssl_disabled"] = True
 try:
     conn = pymysql.connect(**kwargs)
     cipher = conn.cursor()
