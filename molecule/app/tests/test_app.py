@@ -177,10 +177,23 @@ def test_gunicorn_serves_again_within_10_s_after_its_master_is_killed(hosts):
     assert web.check_output("systemctl show -p MainPID --value gunicorn.service") != pid
 
 
-def test_a_killed_worker_is_restarted(hosts):
+def run_task(web, a, b, seconds=60):
+    queued = request(web, "/api/v1/tasks/", "POST", {"a": a, "b": b})
+    assert queued["status"] == 202, queued
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        result = request(web, f"/api/v1/tasks/{queued['json']['task_id']}/")["json"]
+        if result["state"] == "SUCCESS":
+            return result
+        time.sleep(1)
+    return result
+
+
+def test_a_killed_worker_is_restarted_by_systemd_and_runs_tasks_again(hosts):
     worker = hosts["app-worker"]
     unit = "celery-worker-default.service"
     pid = worker.check_output("systemctl show -p MainPID --value %s", unit)
+    restarts = int(worker.check_output("systemctl show -p NRestarts --value %s", unit))
     worker.check_output("kill -9 %s", pid)
     deadline = time.monotonic() + 30
     new = pid
@@ -190,6 +203,10 @@ def test_a_killed_worker_is_restarted(hosts):
             break
         time.sleep(1)
     assert new not in (pid, "0"), testlib.journal(worker, unit)
+    # systemd's Restart=on-failure did it (once), not something else starting a new worker.
+    assert int(worker.check_output("systemctl show -p NRestarts --value %s", unit)) == restarts + 1
+    result = run_task(hosts["app-web"], 20, 22)
+    assert result["state"] == "SUCCESS" and result["result"]["sum"] == 42, (result, testlib.journal(worker, unit))
 
 
 @pytest.mark.parametrize("statement", [
