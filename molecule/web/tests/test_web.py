@@ -112,32 +112,55 @@ def web():
     return {name: docker_host(name) for name in HOSTS}
 
 
+class Responses:
+    """One response of each kind nginx sends, per web host, from the Pebble client: made
+    when a test first asks for it, so a kind that cannot be produced fails its own tests,
+    named, instead of erroring every test of every kind."""
+
+    def __init__(self, client, web):
+        self.client, self.web, self.made = client, web, {}
+
+    def __getitem__(self, key):
+        if key not in self.made:
+            self.made[key] = self.make(*key)
+        return self.made[key]
+
+    def make(self, host, kind):
+        client, h, apex = self.client, self.web[host], APEX[host]
+        if kind == "proxied page":
+            return fetch(client, f"https://{apex}/")
+        if kind == "static file":
+            return fetch(client, f"https://{apex}/static/css/app.css")
+        if kind == "404":
+            return fetch(client, f"https://{apex}/static/css/missing.css")
+        if kind == "redirect":
+            return fetch(client, f"http://{apex}/")
+        if kind == "413":
+            client.check_output("truncate -s %s /tmp/upload-251m", str(251 * MIB))  # sparse: no memory, no disk
+            return fetch(client, f"https://{apex}/upload/", "-X", "POST", "-T", "/tmp/upload-251m")
+        if kind == "429":
+            for _ in range(LOGIN_BURST + 2):
+                last = fetch(client, f"https://{apex}/api/v1/auth/login/")
+            return last
+        if kind == "502":
+            h.check_output("systemctl stop test-upstream")
+            try:
+                return fetch(client, f"https://{apex}/")
+            finally:
+                h.check_output("systemctl start test-upstream")
+                wait_for_upstream(h, apex)
+        if kind == "503":
+            h.check_output("touch %s", FLAG)
+            try:
+                return fetch(client, f"https://{apex}/")
+            finally:
+                h.check_output("rm -f %s", FLAG)
+        raise ValueError(kind)
+
+
 @pytest.fixture(scope="module")
 def responses(client, web):
-    """One response of each kind nginx sends, per web host, all from the Pebble client."""
-    client.check_output("truncate -s %s /tmp/upload-251m", str(251 * MIB))  # sparse: no memory, no disk
-    out = {}
-    for host, apex in APEX.items():
-        h = web[host]
-        out[host, "proxied page"] = fetch(client, f"https://{apex}/")
-        out[host, "static file"] = fetch(client, f"https://{apex}/static/css/app.css")
-        out[host, "404"] = fetch(client, f"https://{apex}/static/css/missing.css")
-        out[host, "redirect"] = fetch(client, f"http://{apex}/")
-        out[host, "413"] = fetch(client, f"https://{apex}/upload/", "-X", "POST", "-T", "/tmp/upload-251m")
-        for _ in range(LOGIN_BURST + 2):
-            out[host, "429"] = fetch(client, f"https://{apex}/api/v1/auth/login/")
-        h.check_output("systemctl stop test-upstream")
-        try:
-            out[host, "502"] = fetch(client, f"https://{apex}/")
-        finally:
-            h.check_output("systemctl start test-upstream")
-            wait_for_upstream(h, apex)
-        h.check_output("touch %s", FLAG)
-        try:
-            out[host, "503"] = fetch(client, f"https://{apex}/")
-        finally:
-            h.check_output("rm -f %s", FLAG)
-    return out
+    return Responses(client, web)
 
 
 KINDS = {"proxied page": 200, "static file": 200, "404": 404, "redirect": 301,
@@ -346,16 +369,29 @@ def test_maintenance_mode(client, web, host):
 
 
 @pytest.mark.parametrize("host", HOSTS)
-def test_renewal_is_left_to_certbot_timer(web, host):
-    h = web[host]
+def test_certbot_service_renews_a_due_certificate_and_nginx_serves_it(client, web, host):
+    """Renewal is Debian's certbot.timer: the unit it starts, run as the timer runs it, with
+    a certificate made due (renew_before_expiry past its whole life), renews through Pebble,
+    and the deploy hook has nginx serve the new certificate without a restart."""
+    h, apex = web[host], APEX[host]
     timer = h.service("certbot.timer")
     assert timer.is_enabled and timer.is_running
-    renewal = h.file("/etc/letsencrypt/renewal/multinotes.conf").content_string
-    assert "server = https://pebble:14000/dir" in renewal and "authenticator = webroot" in renewal
-    assert "REQUESTS_CA_BUNDLE=/etc/ssl/pebble-test/ca.pem" in h.check_output(
-        "systemctl show -p Environment --value certbot.service")
     # No cron job of ours: Debian's /etc/cron.d/certbot skips itself when systemd runs.
     assert h.run("grep -rl certbot /etc/crontab /etc/cron.hourly /etc/cron.daily /var/spool/cron").rc != 0
+    conf = "/etc/letsencrypt/renewal/multinotes.conf"
+    h.check_output("cp -p %s /root/multinotes.conf.orig", conf)
+    before, pid = served_certificate(client, apex), main_pid(h)
+    try:
+        h.check_output("sed -i '/^renew_before_expiry/d; 1i renew_before_expiry = 36500 days' %s", conf)
+        run = h.run("systemctl start certbot.service")
+        assert run.rc == 0, run.stderr + testlib.journal(h, "certbot.service")
+    finally:
+        h.check_output("cp -p /root/multinotes.conf.orig %s", conf)
+    deadline = time.monotonic() + 15
+    while (after := served_certificate(client, apex)) == before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert after != before, f"certbot.service ran, nginx still serves {before}:\n{testlib.journal(h, 'certbot.service')}"
+    assert main_pid(h) == pid, "nginx was restarted, not reloaded"
 
 
 @pytest.mark.parametrize("host", HOSTS)
@@ -402,8 +438,15 @@ def test_nginx_reopens_its_log_after_a_rotation_and_it_is_compressed_next_time(w
     h.check_output("logrotate -f /etc/logrotate.d/nginx")
     log = h.file("/var/log/nginx/access.log")
     assert (log.user, log.group, log.mode) == ("www-data", "adm", 0o640)
-    time.sleep(1)  # USR1 is asynchronous: the master reopens, then tells its workers
-    nginx_request(h, apex, after)
+    # USR1 is asynchronous (the master reopens, then tells its workers): one request with a
+    # fresh marker at a time until one lands in the new file, at most 10 s.
+    deadline, attempt, marker = time.monotonic() + 10, 0, None
+    while marker is None or (marker not in log.content_string and time.monotonic() < deadline):
+        attempt += 1
+        marker = f"{after}-{attempt}"
+        nginx_request(h, apex, marker)
+        time.sleep(0.2)
+    after = marker
     assert after in log.content_string, "the new line is not in the new access.log"
     assert before not in log.content_string
     rotated = h.file("/var/log/nginx/access.log.1").content_string
