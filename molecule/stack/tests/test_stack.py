@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 import testinfra
 import testlib
+import yaml
 
+SCENARIO = Path(__file__).resolve().parents[1]
 PLAYBOOKS = testlib.PROJECT / "playbooks"
 EPHEMERAL = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
 REPORTS = EPHEMERAL / "reports"
@@ -150,14 +152,14 @@ def v2_source(tmp_path_factory):
     return src
 
 
-def test_ansible_came_in_over_ssh_as_deploy_with_sudo():
-    for name in STACK:
-        h = root(name)
-        assert "Accepted publickey for deploy" in h.check_output("journalctl -u ssh --no-pager"), name
-        sudo = h.check_output("journalctl _COMM=sudo --no-pager")
-        assert "deploy : " in sudo and "USER=root" in sudo, name
-        # The hardened sshd lets deploy in by key and nobody by password.
-        assert "passwordauthentication no" in h.check_output("sshd -T")
+@pytest.mark.parametrize("name", STACK)
+def test_ansible_came_in_over_ssh_as_deploy_with_sudo(name):
+    h = root(name)
+    assert "Accepted publickey for deploy" in h.check_output("journalctl -u ssh --no-pager"), name
+    sudo = h.check_output("journalctl _COMM=sudo --no-pager")
+    assert "deploy : " in sudo and "USER=root" in sudo, name
+    # The hardened sshd lets deploy in by key and nobody by password.
+    assert "passwordauthentication no" in h.check_output("sshd -T")
 
 
 def test_backup_runs_and_a_restore_drill_passes():
@@ -240,20 +242,51 @@ def test_code_only_rollback_takes_seconds_and_fails_no_request():
     assert version() == "1.0.0"
 
 
+REDIS_APP = ("multinotes", yaml.safe_load((SCENARIO / "group_vars" / "all.yml").read_text())["redis_app_password"])
+# Every host back to `running` (no failed unit) within this, and the site answering within this.
+BOOT_BOUND, HEALTH_BOUND = 180, 120
+
+
+def durable_state():
+    """What a reboot must not lose: the live version, the notes, a key in the broker."""
+    notes = root("stack-db").check_output("mariadb -N -B -e 'SELECT COUNT(*) FROM multinotes.core_note'")
+    marker = root("stack-redis").check_output(
+        "redis-cli --no-auth-warning --user %s --pass %s -p 6379 GET reboot:marker", *REDIS_APP)
+    return {"version": version(), "notes": int(notes), "broker marker": marker}
+
+
 def test_everything_comes_back_after_a_reboot():
+    root("stack-redis").check_output("redis-cli --no-auth-warning --user %s --pass %s -p 6379 SET reboot:marker %s",
+                                     *REDIS_APP, "kept")
+    time.sleep(1.5)  # past the broker's appendfsync everysec
+    before = durable_state()
+    assert before["broker marker"] == "kept", before
+    started = time.monotonic()
     subprocess.run(["docker", "restart", "-t", "30", *STACK, "stack-ops"], check=True, capture_output=True)
+    states = {}
     for name in STACK + ["stack-ops"]:
-        subprocess.run(["docker", "exec", name, "systemctl", "is-system-running", "--wait"], capture_output=True, timeout=180)
-    deadline = time.time() + 120
-    while time.time() < deadline:
+        # --wait returns once boot is over: "running", or "degraded" when a unit failed.
+        states[name] = subprocess.run(["docker", "exec", name, "systemctl", "is-system-running", "--wait"],
+                                      capture_output=True, text=True, timeout=BOOT_BOUND).stdout.strip()
+    booted = time.monotonic() - started
+    failed = {name: root(name).run("systemctl --failed --no-legend --plain").stdout.strip()
+              for name, state in states.items() if state != "running"}
+    assert not failed, f"not running after the reboot: {states}; failed units: {failed}"
+    while True:
         try:
-            if get("/health/")[0] == 200:
-                break
-        except OSError:
-            pass
-        time.sleep(2)
+            status = get("/health/")[0]
+        except OSError as exc:
+            status = repr(exc)
+        if status == 200 or time.monotonic() - started > booted + HEALTH_BOUND:
+            break
+        time.sleep(1)
+    serving = time.monotonic() - started
+    print(f"reboot: every host running after {booted:.1f} s, /health/ 200 after {serving:.1f} s")
+    assert status == 200, f"/health/ answered {status} {HEALTH_BOUND} s after boot"
+    assert durable_state() == before
     rc, out, report = launch_check()
     assert rc == 0 and report["verdict"] == "GO", out
+    root("stack-redis").run("redis-cli --no-auth-warning --user %s --pass %s -p 6379 DEL reboot:marker", *REDIS_APP)
 
 
 def test_launch_check_says_no_go_when_redis_is_down():
