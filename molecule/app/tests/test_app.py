@@ -97,11 +97,14 @@ def test_health_through_the_socket_reports_database_and_redis(hosts):
     assert reply["json"]["version"] == "1.0.0"
 
 
-@pytest.mark.parametrize("path,key", [("/api/v1/status/", "status"), ("/api/v1/version/", "version")])
-def test_api_answers(hosts, path, key):
+@pytest.mark.parametrize("path,expected", [
+    ("/api/v1/status/", {"status": "ok", "version": "1.0.0"}),
+    ("/api/v1/version/", {"version": "1.0.0"}),
+])
+def test_api_answers(hosts, path, expected):
     reply = request(hosts["app-web"], path)
     assert reply["status"] == 200, reply
-    assert key in reply["json"]
+    assert {key: reply["json"].get(key) for key in expected} == expected, reply
 
 
 def test_login_endpoint_refuses_bad_credentials(hosts):
