@@ -15,19 +15,19 @@ SITE = ["multinotesai.com", ".api.multinotesai.com"]
 # Everything on, every value valid for production.
 GOOD = {
     "smtp_enabled": True, "smtp_host": "smtp.relay.net", "smtp_port": 587, "smtp_security": "starttls",
-    "smtp_user": "mailer", "smtp_password": "S3cret-Relay-Pass-91",
+    "smtp_user": "mailer", "smtp_password": "S3cret-Relay-Pass-91",  # pragma: allowlist secret
     "smtp_from": "noreply@multinotesai.com", "smtp_support_address": "support@multinotesai.com", "smtp_timeout": 10,
     "oauth_google_enabled": True, "oauth_google_client_id": "123456-abcdef.apps.googleusercontent.com",
-    "oauth_google_client_secret": "GOCSPX-realGoogleSecret91",
+    "oauth_google_client_secret": "GOCSPX-realGoogleSecret91",  # pragma: allowlist secret
     "oauth_google_redirect_uris": ["https://multinotesai.com/auth/google/callback/"],
     "oauth_facebook_enabled": True, "oauth_facebook_app_id": "987654321012345",
-    "oauth_facebook_app_secret": "f00dbabe1234567890abcdef0fedcba9",
+    "oauth_facebook_app_secret": "f00dbabe1234567890abcdef0fedcba9",  # pragma: allowlist secret
     "oauth_facebook_redirect_uris": ["https://eu.api.multinotesai.com/auth/facebook/callback/"],
     "razorpay_enabled": True, "razorpay_key_id": "rzp_live_AbCdEf123456",
-    "razorpay_key_secret": "liveSecretQwErTy987654", "razorpay_webhook_secret": "whsec-Prod-7731-qqzz",
-    "llm_together_enabled": True, "llm_together_api_key": "tgp_v1_realkey884422",
-    "llm_gemini_enabled": True, "llm_gemini_api_key": "AIzaSyRealGeminiKey5533",
-    "llm_openai_enabled": True, "llm_openai_api_key": "sk-proj-RealOpenAIKey7788",
+    "razorpay_key_secret": "liveSecretQwErTy987654", "razorpay_webhook_secret": "whsec-Prod-7731-qqzz",  # pragma: allowlist secret
+    "llm_together_enabled": True, "llm_together_api_key": "tgp_v1_realkey884422",  # pragma: allowlist secret
+    "llm_gemini_enabled": True, "llm_gemini_api_key": "AIzaSyRealGeminiKey5533",  # pragma: allowlist secret
+    "llm_openai_enabled": True, "llm_openai_api_key": "sk-proj-RealOpenAIKey7788",  # pragma: allowlist secret
     "sentry_enabled": True, "sentry_dsn": "https://abc123def456@o99.ingest.sentry.io/4501234",
     "sentry_environment": "production", "sentry_release": "", "sentry_traces_sample_rate": 0.1,
     "sentry_profiles_sample_rate": 0.1,
@@ -55,23 +55,23 @@ def test_features_off_need_no_keys_and_write_nothing():
     ({"smtp_security": "none", "smtp_port": 25}, "app_smtp_security=none on app_smtp_port 25"),
     ({"smtp_security": "none", "smtp_port": 2525}, "app_smtp_security must be starttls or tls"),
     ({"smtp_password": ""}, "app_smtp_password"),
-    ({"smtp_password": "CHANGEME"}, "app_smtp_password"),
+    ({"smtp_password": "CHANGEME"}, "app_smtp_password"),  # pragma: allowlist secret
     ({"smtp_from": "not-an-address"}, "app_smtp_from"),
     ({"smtp_support_address": ""}, "app_smtp_support_address"),
     ({"oauth_google_client_id": "<your client id>"}, "app_oauth_google_client_id"),
-    ({"oauth_google_client_secret": "xxx"}, "app_oauth_google_client_secret"),
+    ({"oauth_google_client_secret": "xxx"}, "app_oauth_google_client_secret"),  # pragma: allowlist secret
     ({"oauth_google_redirect_uris": ["http://multinotesai.com/cb/"]}, "app_oauth_google_redirect_uris[0] must be an https"),
     ({"oauth_google_redirect_uris": ["https://evil.example.net/cb/"]}, "app_oauth_google_redirect_uris[0] is not on"),
     ({"oauth_google_redirect_uris": []}, "app_oauth_google_redirect_uris"),
-    ({"oauth_facebook_app_secret": "changeme"}, "app_oauth_facebook_app_secret"),
+    ({"oauth_facebook_app_secret": "changeme"}, "app_oauth_facebook_app_secret"),  # pragma: allowlist secret
     ({"oauth_facebook_redirect_uris": ["https://api.multinotesai.com.evil.net/cb/"]}, "app_oauth_facebook_redirect_uris[0]"),
     ({"razorpay_key_id": "rzp_test_AbCdEf123456"}, "app_razorpay_key_id is a test key"),
     ({"razorpay_key_id": "pk_live_123"}, "app_razorpay_key_id must be"),
     ({"razorpay_key_secret": ""}, "app_razorpay_key_secret"),
     ({"razorpay_webhook_secret": "<webhook secret>"}, "app_razorpay_webhook_secret"),
-    ({"llm_together_api_key": "your-api-key"}, "app_llm_together_api_key"),
+    ({"llm_together_api_key": "your-api-key"}, "app_llm_together_api_key"),  # pragma: allowlist secret
     ({"llm_gemini_api_key": ""}, "app_llm_gemini_api_key"),
-    ({"llm_openai_api_key": "sk-CHANGEME"}, "app_llm_openai_api_key"),
+    ({"llm_openai_api_key": "sk-CHANGEME"}, "app_llm_openai_api_key"),  # pragma: allowlist secret
     ({"sentry_dsn": "not a dsn"}, "app_sentry_dsn"),
     ({"sentry_traces_sample_rate": 1.5}, "app_sentry_traces_sample_rate"),
     ({"sentry_profiles_sample_rate": -0.1}, "app_sentry_profiles_sample_rate"),

@@ -145,7 +145,7 @@ GOOGLE = {"app_oauth_google_enabled": True, "app_oauth_google_client_id": "1234-
     (dict(RAZORPAY, app_razorpay_webhook_secret="<webhook secret>"), "app_razorpay_webhook_secret"),
     (dict(GOOGLE, app_oauth_google_redirect_uris=["http://app.test/cb/"]), "app_oauth_google_redirect_uris[0]"),
     (dict(GOOGLE, app_oauth_google_redirect_uris=["https://elsewhere.test/cb/"]), "app_oauth_google_redirect_uris[0]"),
-    ({"app_llm_openai_enabled": True, "app_llm_openai_api_key": "CHANGEME"}, "app_llm_openai_api_key"),
+    ({"app_llm_openai_enabled": True, "app_llm_openai_api_key": "CHANGEME"}, "app_llm_openai_api_key"),  # pragma: allowlist secret
     ({"app_smtp_security": "none", "app_smtp_port": 25}, "app_smtp_port 25"),
     ({"app_smtp_user": "mailer", "app_smtp_password": ""}, "app_smtp_password"),
     ({"app_sentry_traces_sample_rate": 1.5}, "app_sentry_traces_sample_rate"),
@@ -158,3 +158,23 @@ def test_bad_third_party_setting_is_refused_before_any_change(bad_vars, named):
     good_secrets = [v for k, v in {**RAZORPAY, **GOOGLE}.items() if k.endswith("secret")]
     for secret in SECRETS + good_secrets + [v for v in bad_vars.values() if isinstance(v, str) and len(v) > 8]:
         assert secret not in out, "a secret value appears in the output"
+
+
+@pytest.mark.parametrize("name", ["app-web", "app-worker"])
+def test_the_live_release_has_a_passing_dependency_audit_on_record(hosts, name):
+    """What the launch check's dependency-audit item reads."""
+    h = hosts[name]
+    record = json.loads(h.file("/etc/multinotes/dependency-audit.json").content_string)
+    live = h.check_output("basename $(readlink -f /srv/multinotes/current)")
+    assert record["result"] == "pass" and record["vulnerable"] == [], record
+    assert record["release_id"] == live
+    assert record["osv_url"] == VALID["app_audit_osv_url"] and record["packages"] > 30
+
+
+def test_a_release_with_a_known_vulnerability_is_refused_before_any_change(tmp_path):
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("Django==4.2.0\n")
+    out = testlib.assert_refused_before_any_change(
+        PLAYBOOK, limit="app-web", extra_vars=dict(VALID, app_requirements_file=str(requirements)),
+        named="django 4.2.0: PYSEC-2023-61 (CVE-2023-31047), fixed in 4.2.1")
+    assert "app_audit_allowlist" in out
