@@ -164,7 +164,7 @@ def test_bad_third_party_setting_is_refused_before_any_change(bad_vars, named):
 def test_the_live_release_has_a_passing_dependency_audit_on_record(hosts, name):
     """What the launch check's dependency-audit item reads."""
     h = hosts[name]
-    record = json.loads(h.file("/etc/multinotes/dependency-audit.json").content_string)
+    record = json.loads(h.file("/srv/multinotes/current/AUDIT.json").content_string)
     live = h.check_output("basename $(readlink -f /srv/multinotes/current)")
     assert record["result"] == "pass" and record["vulnerable"] == [], record
     assert record["release_id"] == live
