@@ -14,6 +14,8 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 HARNESS := $(PY) molecule/_harness/harness.py
 ALL_SCENARIOS := $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
+# The controller's dependency audit in `make lint`: the local advisory endpoint (harness.py osv).
+OSV_URL ?= http://127.0.0.1:8486/v1/query
 PLAYBOOKS := site.yml $(wildcard playbooks/*.yml)
 
 .PHONY: help venv harness images lint syntax pytest scenario test test-matrix demo demo-down clean loadtest bench
@@ -28,18 +30,23 @@ $(BIN)/.installed: requirements.txt constraints.txt
 
 venv: $(BIN)/.installed ## Create .venv with the pinned controller packages
 
-harness: ## Start (or reuse) the Docker engine and the apt cache
+harness: ## Start (or reuse) the Docker engine, the apt cache and the local advisory endpoint
 	@$(HARNESS) engine
 	@$(HARNESS) cache
+	@$(HARNESS) osv
 
 images: harness ## Build the Debian 12/13 test-host images whose recipe changed
 	@$(HARNESS) images
 
-lint: venv ## yamllint, ansible-lint (production profile), secrets scan, pinned collections
+lint: venv ## yamllint, ansible-lint (production profile), secrets scan, pinned collections, dependency audit
 	yamllint --strict .
 	ansible-lint
 	$(PY) molecule/_harness/check_collections.py
 	git ls-files -z | xargs -0 detect-secrets-hook --baseline .secrets.baseline
+	@$(HARNESS) osv
+	@for f in requirements.txt constraints.txt; do \
+	  $(BIN)/python roles/app/files/dependency_audit.py --requirements $$f --osv-url $(OSV_URL) \
+	    --allowlist-file audit-allowlist.yml >/dev/null || exit 1; echo "dependency audit ok: $$f"; done
 
 syntax: venv ## Syntax-check every playbook against every inventory
 	@set -e; for inv in inventories/*/; do for pb in $(PLAYBOOKS); do \

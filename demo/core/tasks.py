@@ -18,3 +18,13 @@ def heartbeat():
 
     row = Heartbeat.objects.create(hostname=socket.gethostname())
     return row.pk
+
+
+class SentryCheckError(Exception):
+    """Raised on purpose, to prove errors reach Sentry."""
+
+
+@shared_task
+def sentry_check(marker):
+    """Queued by `manage.py sentry_check --raise-in-task MARKER`: fails, and Sentry sees it."""
+    raise SentryCheckError(f"sentry check from a Celery task: {marker}")

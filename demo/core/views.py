@@ -4,13 +4,15 @@ import redis
 from celery.result import AsyncResult
 from django.conf import settings
 from django.contrib.auth import authenticate, login
+from django.core import signing
 from django.db import connection
-from django.http import HttpResponse, JsonResponse
+from django.http import Http404, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from .tasks import add
+from .management.commands.sentry_check import TOKEN_SALT
+from .tasks import SentryCheckError, add
 
 
 def _check_database():
@@ -98,3 +100,16 @@ def index(request):
         f'<link rel="stylesheet" href="{settings.STATIC_URL}core/app.css">'
         f"<h1>MultinotesAI demo</h1><p>version {settings.APP_VERSION}</p>",
         content_type="text/html")
+
+
+@csrf_exempt
+@require_POST
+def sentry_check(request):
+    """Raises on purpose, so Sentry's Django integration reports a request error; only with a
+    fresh token from `manage.py sentry_check --request-token` (signed with SECRET_KEY): 404
+    to anyone else."""
+    try:
+        signing.loads(request.headers.get("X-Sentry-Check", ""), salt=TOKEN_SALT, max_age=300)
+    except signing.BadSignature:
+        raise Http404
+    raise SentryCheckError(f"sentry check from a request: {request.headers.get('X-Sentry-Check-Marker', '')}")

@@ -189,17 +189,61 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
 }
 
-# Sentry is optional: used only when SENTRY_DSN is set and sentry-sdk is installed.
-if env("SENTRY_DSN"):
-    try:
-        import sentry_sdk
-    except ImportError:  # pragma: no cover - the demo does not ship sentry-sdk
-        sentry_sdk = None
-    if sentry_sdk:
-        sentry_sdk.init(
-            dsn=env("SENTRY_DSN"),
-            environment=ENVIRONMENT,
-            release=APP_VERSION,
-            traces_sample_rate=float(env("SENTRY_TRACES_SAMPLE_RATE", "0.1")),
-            profiles_sample_rate=float(env("SENTRY_PROFILES_SAMPLE_RATE", "0.1")),
-        )
+# ---- Third-party services: the role writes these only for the features switched on ----
+# Email: SMTP_HOST set means a real relay; unset, mail is discarded (never printed to a log,
+# where a password-reset link would leak).
+SMTP_HOST = env("SMTP_HOST")
+if SMTP_HOST:
+    EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    EMAIL_HOST = SMTP_HOST
+    EMAIL_PORT = env_int("SMTP_PORT", 587)
+    _smtp_security = env("SMTP_SECURITY", "starttls")
+    if _smtp_security not in ("starttls", "tls", "none"):
+        raise ImproperlyConfigured(f"SMTP_SECURITY={_smtp_security!r} is not starttls, tls or none")
+    # The relay's certificate is verified against the system's CAs (ssl.create_default_context).
+    EMAIL_USE_TLS = _smtp_security == "starttls"
+    EMAIL_USE_SSL = _smtp_security == "tls"
+    EMAIL_HOST_USER = env("SMTP_USERNAME", "")
+    EMAIL_HOST_PASSWORD = env("SMTP_PASSWORD", "")
+    EMAIL_TIMEOUT = env_int("SMTP_TIMEOUT", 10)
+else:
+    EMAIL_BACKEND = "django.core.mail.backends.dummy.EmailBackend"
+DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", "webmaster@localhost")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+SUPPORT_EMAIL = env("SUPPORT_EMAIL", "")
+
+# OAuth, payments and LLM providers: read here, so one place says what the app expects.
+GOOGLE_CLIENT_ID = env("GOOGLE_CLIENT_ID", "")
+GOOGLE_CLIENT_SECRET = env("GOOGLE_CLIENT_SECRET", "")
+GOOGLE_REDIRECT_URIS = env_list("GOOGLE_REDIRECT_URI")
+FACEBOOK_APP_ID = env("FACEBOOK_APP_ID", "")
+FACEBOOK_APP_SECRET = env("FACEBOOK_APP_SECRET", "")
+FACEBOOK_REDIRECT_URIS = env_list("FACEBOOK_REDIRECT_URI")
+RAZORPAY_KEY_ID = env("RAZORPAY_KEY_ID", "")
+RAZORPAY_KEY_SECRET = env("RAZORPAY_KEY_SECRET", "")
+RAZORPAY_WEBHOOK_SECRET = env("RAZORPAY_WEBHOOK_SECRET", "")
+if ENVIRONMENT == "production" and RAZORPAY_KEY_ID.startswith("rzp_test_"):
+    raise ImproperlyConfigured("RAZORPAY_KEY_ID is a test key but ENVIRONMENT=production")
+TOGETHER_API_KEY = env("TOGETHER_API_KEY", "")
+GEMINI_API_KEY = env("GEMINI_API_KEY", "")
+OPENAI_API_KEY = env("OPENAI_API_KEY", "")
+
+# Sentry: on only when SENTRY_DSN is set. Django's integration reports request errors,
+# Celery's the tasks' (the worker loads these settings, so it is initialised there too).
+SENTRY_DSN = env("SENTRY_DSN", "")
+SENTRY_ENVIRONMENT = env("SENTRY_ENVIRONMENT", ENVIRONMENT)
+SENTRY_RELEASE = env("SENTRY_RELEASE", APP_VERSION)
+if SENTRY_DSN:
+    import sentry_sdk
+    from sentry_sdk.integrations.celery import CeleryIntegration
+    from sentry_sdk.integrations.django import DjangoIntegration
+
+    sentry_sdk.init(
+        dsn=SENTRY_DSN,
+        environment=SENTRY_ENVIRONMENT,
+        release=SENTRY_RELEASE,
+        traces_sample_rate=float(env("SENTRY_TRACES_SAMPLE_RATE", "0.1")),
+        profiles_sample_rate=float(env("SENTRY_PROFILES_SAMPLE_RATE", "0.1")),
+        integrations=[DjangoIntegration(), CeleryIntegration()],
+        send_default_pii=False,
+    )

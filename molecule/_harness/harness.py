@@ -4,7 +4,8 @@
     harness.py engine    make sure a Docker engine answers (install and start one if root on Debian)
     harness.py cache     make sure the apt cache (apt-cacher-ng on :3142) answers
     harness.py images    build the Debian test-host images whose recipe changed
-    harness.py up        all three, in that order
+    harness.py osv       make sure the local advisory endpoint (osv_server.py on :8486) answers
+    harness.py up        all four, in that order
 
 Nothing here relies on an engine or cache someone else left running, and nothing is
 rebuilt while its recipe is unchanged: an image is tagged with the hash of its recipe.
@@ -137,6 +138,30 @@ def cache():
     log(f"apt cache answers on :{APT_CACHE_PORT}")
 
 
+# The dependency audit's advisory service in tests: neither PyPI's JSON API nor api.osv.dev
+# answers from here, so a snapshot of the PyPA advisory database is served on loopback.
+OSV_PORT = 8486
+ADVISORY_DB = Path(os.environ.get("MULTINOTES_ADVISORY_DB", HERE.parents[1].parent / "shared" / "advisory-database"))
+
+
+def osv():
+    if port_open(OSV_PORT):
+        log(f"advisory endpoint answers on :{OSV_PORT}")
+        return
+    if not (ADVISORY_DB / "vulns").is_dir():
+        die(f"no advisory database at {ADVISORY_DB} (a PyPA advisory-database checkout, vulns/<package>/*.yaml): "
+            "set MULTINOTES_ADVISORY_DB to one")
+    STATE.mkdir(parents=True, exist_ok=True)
+    logfile = open(STATE / "osv-server.log", "ab")
+    log(f"starting the advisory endpoint on 127.0.0.1:{OSV_PORT} over {ADVISORY_DB}")
+    venv_python = HERE.parents[1] / ".venv" / "bin" / "python"  # PyYAML and packaging are there
+    python = str(venv_python) if venv_python.exists() else sys.executable
+    subprocess.Popen([python, str(HERE / "osv_server.py"), "--db", str(ADVISORY_DB), "--port", str(OSV_PORT)],
+                     stdout=logfile, stderr=logfile, stdin=subprocess.DEVNULL, start_new_session=True)
+    wait_for(lambda: port_open(OSV_PORT), 30, "the advisory endpoint")
+    log(f"advisory endpoint answers on :{OSV_PORT}")
+
+
 def recipe_hash(version):
     h = hashlib.sha256()
     h.update(json.dumps({"recipe": RECIPES[version], "include": INCLUDE}, sort_keys=True).encode())
@@ -215,8 +240,8 @@ def images():
 
 
 def main(argv):
-    steps = {"engine": [engine], "cache": [cache], "images": [images],
-             "up": [engine, cache, images]}
+    steps = {"engine": [engine], "cache": [cache], "images": [images], "osv": [osv],
+             "up": [engine, cache, images, osv]}
     if len(argv) != 2 or argv[1] not in steps:
         die(f"usage: {argv[0]} {{{'|'.join(steps)}}}")
     for step in steps[argv[1]]:
