@@ -485,23 +485,39 @@ class Host:
                 self.wait_nginx_drained(before)
             return result
         # switch: the idle slot on the release, gated, before any traffic.
+        steps = result["steps"] = {}
+        mark = time.monotonic()
+
+        def step(name):
+            nonlocal mark
+            now = time.monotonic()
+            steps[name] = round(now - mark, 2)
+            mark = now
+
         if not plan["reuse"]:
             self.start_slot(slot, target)
         try:
             result["gate"] = self.gate(slot, target, timeout)
+            step("start_and_gate" if not plan["reuse"] else "gate_warm_slot")
             before = self.nginx_point(slot)
+            step("nginx_test_and_reload")
         except Failed:
             if not plan["reuse"]:
                 self.stop_slot(slot)
             raise
         _replace_link(self.slots_dir / "live", slot)
         self.set_links(target, state["current"])
-        _run(["systemctl", "enable", "--quiet", self.unit(slot, "socket"), self.unit(slot, "service")])
+        units = [self.unit(slot, "socket"), self.unit(slot, "service")]
+        # `enable` reloads systemd's units: costly on a busy host, so only when needed.
+        if _run(["systemctl", "is-enabled", "--quiet", *units], check=False).returncode != 0:
+            _run(["systemctl", "enable", "--quiet", *units])
         result["switched_seconds"] = round(time.monotonic() - started, 2)
         self.restart_units()
+        step("links_and_restarts")
         old = plan["from_slot"]
         if old is not None:
             drained = True if before is None else self.wait_nginx_drained(before)
+            step("nginx_drain")
             if not drained:
                 print(f"warning: nginx workers from before the reload still run after "
                       f"{self.s['nginx']['worker_shutdown_timeout']} s; slot {old} left running", file=sys.stderr)
@@ -511,6 +527,7 @@ class Host:
             else:
                 self.stop_slot(old)
                 result["old_slot"] = "stopped"
+                step("old_slot_stop")
         result["seconds"] = round(time.monotonic() - started, 2)
         return result
 
