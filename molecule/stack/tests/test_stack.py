@@ -334,12 +334,13 @@ def test_code_only_rollback_is_an_nginx_switch_within_budget_with_no_pause(gap_b
     assert version() == "1.0.0"
 
 
-def test_a_broken_release_never_gets_a_request(v2_source, tmp_path):
+def test_a_broken_release_never_gets_a_request(tmp_path):
     """A release whose app cannot be imported (its WSGI module fails) is deployed under
     load: its slot fails the gate on its own socket, nginx never points at it, no request
-    fails, the version never changes, and the play fails naming the release."""
+    fails, the version never changes, and the play fails naming the release. (1.0.0's code
+    and migrations otherwise: the deploy's migrate step has nothing to do.)"""
     broken = tmp_path / "broken"
-    shutil.copytree(v2_source, broken)
+    shutil.copytree(testlib.PROJECT / "demo", broken, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     (broken / "VERSION").write_text("3.0.0\n")
     with open(broken / "multinotes" / "wsgi.py", "a", encoding="utf-8") as fh:
         fh.write("\nimport multinotes_module_that_this_release_forgot  # noqa: E402,F401 - the breakage under test\n")
