@@ -1,4 +1,5 @@
 import json
+import threading
 
 import redis
 from celery.result import AsyncResult
@@ -16,13 +17,35 @@ from .tasks import SentryCheckError, add
 
 
 def _check_database():
+    # Django's own connection: one per thread, kept for CONN_MAX_AGE and health-checked
+    # (CONN_HEALTH_CHECKS), so a health check reuses it instead of connecting each time.
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
         cursor.fetchone()
 
 
+_redis_client = None
+_redis_client_lock = threading.Lock()
+
+
+def _redis():
+    """One Redis client per process, with its connection pool: the health check reuses a
+    pooled connection. A new connection per request left one socket in TIME_WAIT per check
+    and, at a few hundred checks a second, ran the host out of ephemeral ports. redis-py's
+    pool notices a fork (gunicorn preloads, then forks the workers) and starts afresh in the
+    child, so no connection is shared between processes."""
+    global _redis_client
+    if _redis_client is None:
+        with _redis_client_lock:
+            if _redis_client is None:
+                _redis_client = redis.Redis.from_url(
+                    settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2,
+                    health_check_interval=30)
+    return _redis_client
+
+
 def _check_redis():
-    redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2).ping()
+    _redis().ping()
 
 
 @never_cache

@@ -12,7 +12,9 @@ import yaml
 
 SCENARIO = Path(__file__).resolve().parents[1]
 PLAYBOOK = testlib.PROJECT / "playbooks" / "app.yml"
-SOCKET = "/run/multinotes/gunicorn.sock"
+# A host's first release starts in the first gunicorn slot (blue); nothing here switches.
+SOCKET = "/run/multinotes/gunicorn-blue.sock"
+GUNICORN = "gunicorn@blue.service"
 ENV_FILE = "/etc/multinotes/multinotes.env"
 # The valid test-only values the converge uses; each bad-input case overrides one.
 VALID = next(play for play in yaml.safe_load((SCENARIO / "converge.yml").read_text())
@@ -151,7 +153,7 @@ def test_beat_writes_heartbeats(hosts):
 def test_restart_of_gunicorn_loses_no_request(hosts):
     web = hosts["app-web"]
     out = web.check_output(
-        "python3 -c %s %s loop 12 > /tmp/loop.json & sleep 3; systemctl restart gunicorn.service; wait; cat /tmp/loop.json",
+        "python3 -c %s %s loop 12 > /tmp/loop.json & sleep 3; systemctl restart gunicorn@blue.service; wait; cat /tmp/loop.json",
         CLIENT, SOCKET)
     counts = json.loads(out.splitlines()[-1])
     assert counts["failed"] == 0, counts
@@ -162,7 +164,7 @@ def test_gunicorn_starts_without_an_error_line(hosts):
     """Its log from the last start on has no [ERROR] line (gunicorn 25.1+ logged one at every
     start while its control socket's default place was read-only in the sandbox)."""
     web = hosts["app-web"]
-    web.check_output("systemctl restart gunicorn.service")
+    web.check_output("systemctl restart %s", GUNICORN)
     assert wait_healthy(web, 30)
     log = web.check_output("cat /var/log/multinotes/gunicorn-error.log")
     since_start = log[log.rindex("Starting gunicorn"):]
@@ -171,13 +173,13 @@ def test_gunicorn_starts_without_an_error_line(hosts):
 
 def test_gunicorn_serves_again_within_10_s_after_its_master_is_killed(hosts):
     web = hosts["app-web"]
-    pid = web.check_output("systemctl show -p MainPID --value gunicorn.service")
+    pid = web.check_output("systemctl show -p MainPID --value %s", GUNICORN)
     assert pid != "0"
     web.check_output("kill -9 %s", pid)
     started = time.monotonic()
-    assert wait_healthy(web, 10), f"not serving 10 s after kill -9:\n{testlib.journal(web, 'gunicorn')}"
+    assert wait_healthy(web, 10), f"not serving 10 s after kill -9:\n{testlib.journal(web, GUNICORN)}"
     assert time.monotonic() - started <= 10
-    assert web.check_output("systemctl show -p MainPID --value gunicorn.service") != pid
+    assert web.check_output("systemctl show -p MainPID --value %s", GUNICORN) != pid
 
 
 def run_task(web, a, b, seconds=60):
@@ -259,7 +261,7 @@ def test_env_file_is_readable_by_root_and_the_app_only(hosts, name):
 
 
 @pytest.mark.parametrize("name,unit", [
-    ("app-web", "gunicorn.service"),
+    ("app-web", GUNICORN),
     ("app-worker", "celery-worker-default.service"),
     ("app-worker", "celery-beat.service"),
 ])
@@ -273,7 +275,7 @@ def test_units_are_sandboxed(hosts, name, unit):
 def test_gunicorn_socket_is_for_nginx_only(hosts):
     sock = hosts["app-web"].file(SOCKET)
     assert sock.is_socket and sock.group == "www-data" and sock.mode == 0o660
-    testlib.assert_active(hosts["app-web"], "gunicorn.socket")
+    testlib.assert_active(hosts["app-web"], "gunicorn@blue.socket")
 
 
 @pytest.mark.parametrize("prop,check", [
@@ -360,7 +362,7 @@ def test_log_file_is_the_app_users_and_readable_by_adm_only(hosts, log):
 def test_process_logs_to_the_new_file_after_a_rotation(hosts, log):
     h = hosts[LOGS[log]]
     path = f"{LOG_DIR}/{log}"
-    unit = "gunicorn.service" if log.startswith("gunicorn") else log.removesuffix(".log") + ".service"
+    unit = GUNICORN if log.startswith("gunicorn") else log.removesuffix(".log") + ".service"
     pid = h.check_output("systemctl show -p MainPID --value %s", unit)
     # notifempty: give it a line first, so the forced rotation does rotate it.
     assert wait_for_line(h, path, make_log_line(hosts, log)), h.run("tail -n 20 %s", path).stdout

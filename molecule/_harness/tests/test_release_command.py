@@ -1,0 +1,268 @@
+"""The host-side release command (roles/app/files/release.py): its pure logic (slot
+choice, the switch plan, gate evaluation, prune choice, argument and settings checks) and
+state reading on a real directory tree laid out as a host's /srv/<app>."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+SCRIPT = ROOT / "roles" / "app" / "files" / "release.py"
+
+spec = importlib.util.spec_from_file_location("release_command", SCRIPT)
+release = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(release)
+
+R1, R2, R3 = "1.0.0-0123456789ab", "2.0.0-abcdef012345", "2.1.0-0a1b2c3d4e5f"
+SLOTS = {"blue": "/run/multinotes/gunicorn-blue.sock", "green": "/run/multinotes/gunicorn-green.sock"}
+
+
+def settings(tmp_path, **over):
+    raw = {"app_root": str(tmp_path / "srv"), "web": True, "slots": SLOTS, "warm_previous": True,
+           "gate": {"path": "/health/", "host": "multinotes.test", "timeout": 30},
+           "nginx": {"include": str(tmp_path / "nginx" / "multinotes-upstream.conf"), "conf_dir": str(tmp_path / "nginx"),
+                     "test_command": [], "worker_shutdown_timeout": 10},
+           "keep_releases": 3}
+    raw.update(over)
+    return raw
+
+
+def state(live_slot="blue", blue=(R1, True), green=(None, False), current=R1, previous=None,
+          releases=(R1, R2, R3), nginx_slot="blue", web=True):
+    return {"web": web, "current": current, "previous": previous, "releases": list(releases),
+            "live_slot": live_slot, "nginx_slot": nginx_slot,
+            "slots": {"blue": {"release": blue[0], "active": blue[1], "socket": SLOTS["blue"]},
+                      "green": {"release": green[0], "active": green[1], "socket": SLOTS["green"]}}}
+
+
+# --- slot choice and the plan
+
+def test_the_idle_slot_is_the_one_that_is_not_live():
+    assert release.choose_slot(state(live_slot="blue"), R2) == "green"
+    assert release.choose_slot(state(live_slot="green"), R2) == "blue"
+
+
+def test_a_host_with_no_live_slot_starts_the_first():
+    assert release.choose_slot(state(live_slot=None, blue=(None, False)), R1) == "blue"
+
+
+def test_a_requested_slot_must_be_one_of_the_two_and_not_the_live_one():
+    assert release.choose_slot(state(), R2, "green") == "green"
+    with pytest.raises(release.Refused, match="'red' is not one of this host's slots"):
+        release.choose_slot(state(), R2, "red")
+    with pytest.raises(release.Refused, match="'blue' is the live slot"):
+        release.choose_slot(state(), R2, "blue")
+
+
+def test_switching_to_the_live_release_is_a_no_op():
+    plan = release.plan_switch(state(), R1)
+    assert plan["action"] == "noop"
+
+
+def test_a_live_release_whose_include_names_the_other_slot_is_healed():
+    assert release.plan_switch(state(nginx_slot="green"), R1)["action"] == "heal"
+
+
+def test_a_new_release_goes_to_the_idle_slot():
+    plan = release.plan_switch(state(), R2)
+    assert plan == {"action": "switch", "target": R2, "slot": "green", "from_slot": "blue",
+                    "from_release": R1, "reuse": False}
+
+
+def test_a_warm_slot_on_the_target_is_reused_so_a_rollback_is_an_nginx_switch():
+    plan = release.plan_switch(state(live_slot="green", blue=(R1, True), green=(R2, True), current=R2), R1)
+    assert plan["slot"] == "blue" and plan["reuse"] is True
+
+
+def test_a_stopped_slot_on_the_target_is_started_again():
+    plan = release.plan_switch(state(live_slot="green", blue=(R1, False), green=(R2, True), current=R2), R1)
+    assert plan["reuse"] is False
+
+
+def test_a_dead_live_slot_on_the_target_is_replaced_by_the_idle_one():
+    plan = release.plan_switch(state(blue=(R1, False)), R1)
+    assert plan["action"] == "switch" and plan["slot"] == "green"
+
+
+@pytest.mark.parametrize("target, message", [
+    ("9.9.9-0123456789ab", "is not installed on this host"),
+    ("../etc", "is not a release id"),
+    ("", "is not a release id"),
+    ("1.0.0", "is not a release id"),
+])
+def test_unknown_or_malformed_releases_are_refused(target, message):
+    with pytest.raises(release.Refused, match=message):
+        release.plan_switch(state(), target)
+
+
+def test_hosts_without_slots_relink_and_refuse_a_slot():
+    assert release.plan_switch(state(web=False), R2) == {"action": "relink", "target": R2}
+    assert release.plan_switch(state(web=False, current=R2), R2)["action"] == "noop"
+    with pytest.raises(release.Refused, match="no gunicorn slots"):
+        release.plan_switch(state(web=False), R2, "blue")
+
+
+# --- the gate
+
+def test_the_gate_passes_on_200_ok_and_the_target_version():
+    ok, seen = release.evaluate_gate(200, json.dumps({"status": "ok", "version": "2.0.0"}), "2.0.0")
+    assert ok and "version '2.0.0'" in seen
+
+
+@pytest.mark.parametrize("status, body, seen", [
+    (200, json.dumps({"status": "ok", "version": "1.0.0"}), "version '1.0.0'"),
+    (503, json.dumps({"status": "error", "version": "2.0.0", "checks": {"redis": "error: ConnectionError"}}),
+     "HTTP 503, status 'error'"),
+    (500, "<h1>Server Error</h1>", "not JSON"),
+    (None, "ConnectionRefusedError: [Errno 111]", "no answer"),
+])
+def test_the_gate_fails_and_says_what_it_saw(status, body, seen):
+    ok, what = release.evaluate_gate(status, body, "2.0.0")
+    assert not ok and seen in what
+
+
+def test_the_version_comes_from_release_env_else_the_id():
+    assert release.release_version("RELEASE_ID=x\nAPP_VERSION=2.0.0rc1\n", R2) == "2.0.0rc1"
+    assert release.release_version("", R2) == "2.0.0"
+
+
+@pytest.mark.parametrize("value", [0, 0.5, -3, "soon", None])
+def test_a_gate_timeout_below_one_second_is_refused(value):
+    with pytest.raises(release.Refused):
+        release.check_gate_timeout(value)
+    assert release.check_gate_timeout("1") == 1.0
+
+
+# --- nginx
+
+def test_the_include_names_the_slot_and_reads_back():
+    text = release.render_include("green", SLOTS["green"])
+    assert "server unix:/run/multinotes/gunicorn-green.sock fail_timeout=0;" in text
+    assert release.parse_include(text, SLOTS) == "green"
+    assert release.parse_include("server unix:/run/other.sock;", SLOTS) is None
+    assert release.parse_include("", SLOTS) is None
+
+
+@pytest.mark.parametrize("props, failed", [
+    ({"ActiveState": "activating", "SubState": "start", "NRestarts": "0"}, False),
+    ({"ActiveState": "active", "SubState": "running", "NRestarts": "0"}, False),
+    ({"ActiveState": "activating", "SubState": "auto-restart", "NRestarts": "0"}, True),
+    ({"ActiveState": "failed", "SubState": "failed", "NRestarts": "0"}, True),
+    ({"ActiveState": "activating", "SubState": "start", "NRestarts": "1"}, True),
+])
+def test_a_slot_whose_master_dies_fails_the_gate_at_once(props, failed):
+    assert release.slot_start_failed(props, "0") is failed
+
+
+def test_a_failed_gate_quotes_the_errors_of_the_log():
+    tail = ["[2026-12-01 21:00:00 +0000] [7] [INFO] Starting gunicorn 23.0.0",
+            "Traceback (most recent call last):",
+            '  File "/srv/multinotes/slots/green/src/multinotes/wsgi.py", line 9, in <module>',
+            "ModuleNotFoundError: No module named 'multinotes_missing'",
+            "[2026-12-01 21:00:01 +0000] [7] [ERROR] Worker failed to boot."]
+    assert release.error_lines(tail) == [tail[3], tail[4]]
+
+
+def test_only_the_workers_from_before_the_reload_are_waited_for():
+    assert release.old_workers_left([10, 11], [11, 12, 13]) == [11]
+    assert release.old_workers_left([10, 11], [12, 13]) == []
+
+
+# --- prune
+
+def test_prune_keeps_the_newest_and_every_protected_release():
+    releases = [(f"{n}.0.0-0123456789ab", n) for n in range(1, 8)]
+    protected = {"7.0.0-0123456789ab", "1.0.0-0123456789ab"}
+    # keep 3 in all: the two protected ones and the newest other one (6).
+    remove = release.prune_candidates(releases, protected, keep=3)
+    assert remove == [f"{n}.0.0-0123456789ab" for n in (5, 4, 3, 2)]
+    assert release.prune_candidates(releases[:2], set(), keep=3) == []
+
+
+# --- settings and arguments
+
+def test_settings_are_checked(tmp_path):
+    good = release.validate_settings(settings(tmp_path))
+    assert good["gate"]["timeout"] == 30 and good["restart_units"] == []
+    with pytest.raises(release.Refused, match="below 1 s"):
+        release.validate_settings(settings(tmp_path, gate={"timeout": 0.2}))
+    with pytest.raises(release.Refused, match="exactly two slots"):
+        release.validate_settings(settings(tmp_path, slots={"blue": "/run/a.sock"}))
+    with pytest.raises(release.Refused, match="slot name"):
+        release.validate_settings(settings(tmp_path, slots={"Blue!": "/run/a.sock", "green": "/run/b.sock"}))
+    assert release.validate_settings(settings(tmp_path, web=False, slots={}))["web"] is False
+
+
+def test_arguments_are_parsed():
+    args = release.parse_args(["switch", R2, "--slot", "green", "--gate-timeout", "5", "--check"])
+    assert (args.command, args.release, args.slot, args.gate_timeout, args.check) == ("switch", R2, "green", 5.0, True)
+    with pytest.raises(SystemExit):
+        release.parse_args(["switch"])
+
+
+# --- state on a real tree, and the command end to end where it needs no systemd
+
+def lay_out(tmp_path, live="blue"):
+    root = tmp_path / "srv"
+    for rid in (R1, R2, R3):
+        (root / "releases" / rid).mkdir(parents=True)
+        (root / "releases" / rid / ".installed").write_text(rid)
+        (root / "releases" / rid / "release.env").write_text(f"APP_VERSION={rid.split('-')[0]}\n")
+    (root / "releases" / "half-done").mkdir()  # no .installed: not a release
+    (root / "slots").mkdir()
+    os.symlink(f"../releases/{R2}", root / "slots" / "blue")
+    os.symlink(f"../releases/{R1}", root / "slots" / "green")
+    os.symlink(live, root / "slots" / "live")
+    os.symlink(f"releases/{R2}", root / "current")
+    os.symlink(f"releases/{R1}", root / "previous")
+    (tmp_path / "nginx").mkdir()
+    (tmp_path / "nginx" / "multinotes-upstream.conf").write_text(release.render_include(live, SLOTS[live]))
+    path = tmp_path / "release.json"
+    path.write_text(json.dumps(settings(tmp_path)))
+    return path
+
+
+def test_state_is_read_from_the_links_and_the_include(tmp_path, monkeypatch):
+    host = release.Host(release.validate_settings(json.loads(lay_out(tmp_path).read_text())))
+    monkeypatch.setattr(host, "active", lambda unit: unit.startswith("gunicorn@blue"))
+    st = host.state()
+    assert st["current"] == R2 and st["previous"] == R1 and st["live_slot"] == "blue" and st["nginx_slot"] == "blue"
+    assert sorted(st["releases"]) == sorted([R1, R2, R3])
+    assert st["slots"]["blue"] == {"release": R2, "active": True, "socket": SLOTS["blue"]}
+    status = host.status()
+    assert status["slots"]["blue"]["state"] == "live" and status["slots"]["green"]["state"] == "stopped"
+    assert host.version_of(R2) == "2.0.0"
+
+
+def run(settings_path, *args):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--settings", str(settings_path), *args],
+                          capture_output=True, text=True)
+    return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+
+
+def test_bad_input_is_refused_before_any_change(tmp_path):
+    path = lay_out(tmp_path)
+    before = {p: os.readlink(p) for p in (tmp_path / "srv").rglob("*") if p.is_symlink()}
+    for args, says in [(["switch", "9.9.9-0123456789ab"], "not installed on this host"),
+                       (["switch", R3, "--slot", "red"], "not one of this host's slots"),
+                       (["switch", R3, "--gate-timeout", "0.5"], "below 1 s"),
+                       (["switch", "latest"], "not a release id")]:
+        rc, out, err = run(path, *args)
+        assert rc == 2 and out["refused"] and says in out["error"] and says in err, (args, out)
+    after = {p: os.readlink(p) for p in (tmp_path / "srv").rglob("*") if p.is_symlink()}
+    assert after == before
+
+
+def test_check_mode_changes_nothing_and_prune_keeps_what_is_protected(tmp_path):
+    path = lay_out(tmp_path)
+    rc, out, _ = run(path, "prune", "--check")
+    # keep 3: R1 (previous, green), R2 (live, blue) and R3 (the newest) all stay.
+    assert rc == 0 and out == {"changed": False, "removed": [], "check": True}
+    rc, out, _ = run(path, "switch", R3, "--check")
+    assert rc == 0 and out["changed"] is True and out["action"] == "switch" and out["check"] is True
+    assert os.readlink(tmp_path / "srv" / "current") == f"releases/{R2}"
