@@ -375,8 +375,17 @@ def test_process_logs_to_the_new_file_after_a_rotation(hosts, log):
     ({"logrotate_rotate": "thirty"}, "logrotate_rotate"),
     ({"logrotate_app_mode": "640"}, "logrotate_app_mode"),
     ({"logrotate_app_reopen_units": ["gunicorn.service; reboot"]}, "logrotate_app_reopen_units"),
+    # Production-only rules on trusted names and origins (roles/app/tasks/validate_production.yml).
+    ({"app_allowed_hosts": ["*"]}, "app_allowed_hosts"),
+    ({"app_allowed_hosts": ["app.test", "*"], "app_allowed_hosts_subdomain_wildcard_enabled": True}, "app_allowed_hosts"),
+    ({"app_allowed_hosts": [".app.test"]}, "app_allowed_hosts_subdomain_wildcard_enabled"),
+    ({"app_csrf_trusted_origins": ["http://app.test"]}, "app_csrf_trusted_origins"),
+    ({"app_csrf_trusted_origins": ["app.test"]}, "app_csrf_trusted_origins"),
+    ({"app_cors_allowed_origins": ["https://app.test", "http://app.test"]}, "app_cors_allowed_origins"),
 ], ids=["key-short", "key-placeholder", "debug", "allowed-hosts", "db-root", "pw-short", "pw-classes",
-        "cors-all", "site-http", "rotate-not-int", "log-mode", "reopen-unit"])
+        "cors-all", "site-http", "rotate-not-int", "log-mode", "reopen-unit",
+        "allowed-hosts-star", "allowed-hosts-star-opted-in", "allowed-hosts-dot", "csrf-http", "csrf-no-scheme",
+        "cors-http"])
 def test_bad_input_fails_before_any_change_and_prints_no_secret(bad_vars, named):
     rc, out, recap = testlib.run_playbook(PLAYBOOK, limit="app-web", extra_vars=dict(VALID, **bad_vars))
     assert rc != 0, out
@@ -385,3 +394,23 @@ def test_bad_input_fails_before_any_change_and_prints_no_secret(bad_vars, named)
     assert recap["app-web"]["failed"] == 1, out
     for secret in SECRETS + [v for v in bad_vars.values() if isinstance(v, str) and len(v) > 8]:
         assert secret not in out, f"a secret value appears in the output of {named}"
+
+
+def test_weak_db_password_is_refused_on_the_db_host_under_the_users_name():
+    """The database play runs first: its refusal must name app_db_password, which the user
+    sets, not mariadb_runtime_password, which group_vars derives from it."""
+    out = testlib.assert_refused_before_any_change(
+        PLAYBOOK, limit="app-db", extra_vars=dict(VALID, app_db_password="Short-Pw-1"),  # pragma: allowlist secret
+        named="app_db_password is weak")
+    assert "mariadb_runtime_password" not in out, out
+    assert "Short-Pw-1" not in out, "the password appears in the output"  # pragma: allowlist secret
+
+
+def test_a_leading_dot_host_is_admitted_in_production_when_opted_in():
+    """The opt-in is real: with it, the same value passes validation (check mode: no change made)."""
+    rc, out, recap = testlib.run_playbook(
+        PLAYBOOK, limit="app-web", check=True,
+        extra_vars=dict(VALID, app_allowed_hosts=[".app.test", "localhost"],
+                        app_allowed_hosts_subdomain_wildcard_enabled=True))
+    assert rc == 0, out
+    assert recap["app-web"]["failed"] == 0, out
