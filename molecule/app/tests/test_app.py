@@ -239,16 +239,20 @@ def test_env_file_is_readable_by_root_and_the_app_only(hosts, name):
     assert hosts[name].run("runuser -u nobody -- cat %s", ENV_FILE).rc != 0
 
 
-@pytest.mark.parametrize("name,unit", [
-    ("app-web", "gunicorn.service"),
-    ("app-worker", "celery-worker-default.service"),
-    ("app-worker", "celery-beat.service"),
+# The bars of issue 15: the app's own units at most 1.5 (they measure 1.2 here), MariaDB
+# (root's Debian unit plus the mariadb role's sandbox drop-in) at most 4.9.
+@pytest.mark.parametrize("name,unit,bar", [
+    ("app-web", "gunicorn.service", 1.5),
+    ("app-worker", "celery-worker-default.service", 1.5),
+    ("app-worker", "celery-beat.service", 1.5),
+    ("app-db", "mariadb.service", 4.9),
 ])
-def test_units_are_sandboxed(hosts, name, unit):
+def test_units_are_sandboxed(hosts, name, unit, bar):
     testlib.assert_active(hosts[name], unit)
     out = hosts[name].check_output("systemd-analyze security %s", unit)
     exposure = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", out).group(1))
-    assert exposure <= 2.5, out
+    print(f"systemd-analyze security {unit} on {name}: {exposure} (bar {bar})")
+    assert exposure <= bar, out
 
 
 def test_gunicorn_socket_is_for_nginx_only(hosts):
