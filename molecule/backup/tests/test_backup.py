@@ -4,6 +4,7 @@ enforced), real MariaDB and Redis, the real operator playbooks, a webhook receiv
 import datetime as dt
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,28 @@ def test_drill_restores_identical_rows_and_checksums(backed_up, hosts, identity,
     assert "nightly" in h.check_output("mariadb -N -e 'SHOW EVENTS FROM multinotes_drill'")
     # The private key did not stay on the host.
     assert h.run("ls /run | grep -c multinotes-restore").stdout.strip() == "0"
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_mariadb_runs_sandboxed_while_it_is_dumped_and_restored(backed_up, hosts, name):
+    """The server every test here dumps and restores runs in the mariadb role's sandbox drop-in:
+    systemd-analyze security at most 4.9 (Debian's unit alone: 8.6), /etc read-only to it,
+    a /tmp of its own, no capability but CAP_IPC_LOCK."""
+    h = hosts[name]
+    out = h.check_output("systemd-analyze security --no-pager mariadb.service")
+    exposure = float(re.search(r"Overall exposure level for mariadb.service: ([0-9.]+)", out).group(1))
+    print(f"systemd-analyze security mariadb.service on {name}: {exposure}")
+    assert exposure <= 4.9, out
+    assert h.file("/etc/systemd/system/mariadb.service.d/multinotes-sandbox.conf").exists
+    # The server's own view: it cannot write /etc (errno 30), and its /tmp is its own.
+    out = h.run("mariadb -e \"SELECT 1 INTO OUTFILE '/etc/mysql/sandbox-probe'\"")
+    assert out.rc != 0 and 'Errcode: 30 "Read-only file system"' in out.stderr, out.stderr
+    probe = f"/tmp/sandbox-probe-{int(dt.datetime.now().timestamp())}"
+    h.check_output("mariadb -e \"SELECT 1 INTO OUTFILE '%s'\"", probe)
+    assert not h.file(probe).exists, "mariadbd writes the host's /tmp"
+    pid = h.check_output("systemctl show -p MainPID --value mariadb")
+    bounding = int(h.check_output("awk '/^CapBnd:/ {print $2}' /proc/%s/status", pid), 16)
+    assert bounding & ~(1 << 14) == 0, hex(bounding)  # CAP_IPC_LOCK at most
 
 
 def test_restore_over_live_database_needs_confirmation(backed_up, identity):

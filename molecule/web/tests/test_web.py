@@ -6,6 +6,9 @@ that issued the served certificate), from the peer web host and from loopback.
 import json
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -255,19 +258,32 @@ def test_acme_challenges_are_served_over_http_not_redirected(client, web, host):
 
 
 @pytest.mark.parametrize("host", HOSTS)
-@pytest.mark.parametrize("case", ["unknown SNI", "no SNI", "unknown Host over TLS", "unknown Host over HTTP"])
+@pytest.mark.parametrize("case", ["unknown SNI", "no SNI", "unknown Host over HTTP"])
 def test_unknown_hosts_are_refused(client, web, host, case):
     ip = testlib.address(web[host])
     apex = APEX[host]
     argv = {
         "unknown SNI": ["curl", "-sS", "-k", "--resolve", f"evil.test:443:{ip}", "https://evil.test/"],
         "no SNI": ["curl", "-sS", "-k", f"https://{ip}/"],
-        "unknown Host over TLS": ["curl", "-sS", "-k", "--http1.1", "-H", "Host: evil.test", f"https://{apex}/"],
         "unknown Host over HTTP": ["curl", "-sS", "-H", "Host: evil.test", f"http://{apex}/"],
     }[case]
     result = client.run(sh(*argv, "-o", "/dev/null", "-w", "%{http_code}"))
     # 35: the TLS handshake was refused; 52: the connection was closed without a reply (444).
     assert result.rc == (35 if "SNI" in case else 52), result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("host", HOSTS)
+@pytest.mark.parametrize("http", ["--http1.1", "--http2"])
+def test_a_host_other_than_the_tls_name_gets_421_misdirected(client, host, http):
+    """A connection made for one of the site's names (verified certificate) that asks for an
+    unknown Host gets 421 Misdirected Request, over HTTP/1.1 and HTTP/2 alike: the default
+    server's guard, which gixy-ng's http2_misdirected_request check asks for."""
+    apex = APEX[host]
+    r = fetch(client, f"https://{apex}/health/", http, "-H", "Host: evil.test")
+    assert r.rc == 0 and r.status == 421, r
+    assert r.version == ("HTTP/2" if http == "--http2" else "HTTP/1.1"), r
+    # The site's own names on the same kind of connection are still served.
+    assert fetch(client, f"https://{apex}/health/", http, "-H", f"Host: api.{apex}").status == 200
 
 
 @pytest.mark.parametrize("host", HOSTS)
@@ -481,11 +497,46 @@ def test_a_config_logrotate_rejects_never_replaces_the_installed_one(web):
     ({"logrotate_rotate": 0}, "logrotate_rotate"),
     ({"logrotate_nginx_mode": 640}, "logrotate_nginx_mode"),
     ({"logrotate_frequency": "hourly"}, "logrotate_frequency"),
+    ({"nginx_worker_connections": 1024, "nginx_worker_rlimit_nofile": 1500}, "nginx_worker_rlimit_nofile"),
 ], ids=["invalid-domain", "empty-domains", "size", "rate", "tls-profile", "acme-url",
-        "rotate-not-int", "rotate-zero", "log-mode", "frequency"])
+        "rotate-not-int", "rotate-zero", "log-mode", "frequency", "rlimit-below-2x"])
 def test_bad_input_fails_before_any_change(bad_vars, named):
     testlib.assert_refused_before_any_change(SCENARIO / "converge.yml", limit="web-12",
                                                    extra_vars=bad_vars, named=named)
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_gixy_finds_nothing_in_the_running_configuration(web, host, tmp_path):
+    """gixy-ng (the controller's pinned one) on `nginx -T` of the running nginx: every check,
+    every severity, 0 findings. No --nginx-version: Debian patches CVEs without bumping it."""
+    dump = tmp_path / f"{host}-nginx-T.conf"
+    dump.write_text(web[host].check_output("nginx -T 2>/dev/null"))
+    gixy = shutil.which("gixy") or str(Path(sys.executable).with_name("gixy"))
+    proc = subprocess.run([gixy, "-f", "json", str(dump)], capture_output=True, text=True, timeout=300)
+    findings = json.loads(proc.stdout or "[]")
+    print(f"gixy-ng on {host}: {len(findings)} findings"
+          + "".join(f"\n  [{f['severity']}] {f['plugin']}: {f['reason']} ({f['file']}:{f['line']})" for f in findings))
+    assert proc.returncode == 0 and findings == [], proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_nginx_runs_sandboxed(web, host):
+    """systemd-analyze security: the drop-in brings nginx from 9.6 to at most 4.9, and the
+    running master really is in it (read-only /etc, its own pid directory)."""
+    h = web[host]
+    out = h.check_output("systemd-analyze security --no-pager nginx.service")
+    exposure = float(re.search(r"Overall exposure level for nginx.service: ([0-9.]+)", out).group(1))
+    print(f"systemd-analyze security nginx.service on {host}: {exposure}")
+    assert exposure <= 4.9, out
+    pid = main_pid(h)
+    assert h.check_output("cat /run/nginx/nginx.pid") == pid
+    # CHOWN(0) DAC_OVERRIDE(1) KILL(5) SETGID(6) SETUID(7) NET_BIND_SERVICE(10), nothing else.
+    bounding = int(h.check_output("awk '/^CapBnd:/ {print $2}' /proc/%s/status", pid), 16)
+    assert bounding == sum(1 << cap for cap in (0, 1, 5, 6, 7, 10)), hex(bounding)
+    # In the master's mount namespace /etc is read-only and its log directory is not.
+    probe = h.run("nsenter -t %s -m touch /etc/nginx/sandbox-probe", pid)
+    assert probe.rc != 0 and "Read-only file system" in probe.stderr, probe.stderr
+    h.check_output("nsenter -t %s -m sh -c 'touch /var/log/nginx/sandbox-probe && rm /var/log/nginx/sandbox-probe'", pid)
 
 
 # Last: it leaves the rejected configuration in the staging directory (never in /etc/nginx).
