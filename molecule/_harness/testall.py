@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 STATE = Path(os.environ.get("MULTINOTES_STATE_DIR", "/var/lib/multinotes-harness"))
 LOCK = STATE / "test.lock"
 DURATIONS = STATE / "scenario-durations.json"
+SEEDED = Path(__file__).resolve().parent / "scenario-durations.json"
 LOGS = ROOT / ".cache" / "logs"
 # Scenarios whose hosts run one Debian in `make test` (MULTINOTES_DEBIAN picks the image in
 # their molecule.yml); `make test-matrix` (MULTINOTES_MATRIX=full) runs them on the other too.
@@ -35,11 +36,15 @@ def scenarios():
     names = sorted(p.parent.name for p in (ROOT / "molecule").glob("*/molecule.yml"))
     only = os.environ.get("SCENARIOS")
     names = [n for n in names if n in only.split()] if only else names
+    # Longest first, by this machine's last run, else by the durations measured in CI and
+    # kept in the repository (a fresh machine has no record: in name order, the longest
+    # scenario started last and became the whole run's critical path); a scenario timed
+    # nowhere counts as the longest.
+    known = json.loads(SEEDED.read_text())
     try:
-        known = json.loads(DURATIONS.read_text())
+        known.update(json.loads(DURATIONS.read_text()))
     except (OSError, ValueError):
-        known = {}
-    # Longest first; a scenario never timed here counts as the longest.
+        pass
     return sorted(names, key=lambda n: -known.get(n, float("inf")))
 
 
