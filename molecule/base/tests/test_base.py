@@ -161,7 +161,8 @@ def test_stopping_the_firewall_keeps_other_tables(hosts, name):
 
 # The lynis hardening index these hosts reach (lynis 3.0.x, `audit system`, in these
 # containers); roles/base/README.md lists every suggestion left and why.
-LYNIS_MIN_INDEX = {"base-12": 71, "base-13": 71}
+# 71 with umask 027 in login.defs; 022 for now (roles/base/defaults/main.yml) costs that item.
+LYNIS_MIN_INDEX = {"base-12": 68, "base-13": 68}
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +213,6 @@ def test_core_dumps_are_off_for_services_and_logins(hosts, name):
 TAKEN = {
     "PKGS-7392": "pending security updates applied at converge",
     "AUTH-9230": "password hashing rounds in login.defs",
-    "AUTH-9328": "umask 027 in login.defs",
     "KRNL-5820": "core dumps off",
     "USB-1000": "usb-storage not loadable",
     "STRG-1846": "firewire not loadable",
