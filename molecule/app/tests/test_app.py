@@ -4,23 +4,11 @@ the worker host, real rows written by beat, real restarts and kills, real SQL re
 import json
 import re
 import time
-from pathlib import Path
 
 import pytest
 import testlib
-import yaml
 
-SCENARIO = Path(__file__).resolve().parents[1]
-PLAYBOOK = testlib.PROJECT / "playbooks" / "app.yml"
-# A host's first release starts in the first gunicorn slot (blue); nothing here switches.
-SOCKET = "/run/multinotes/gunicorn-blue.sock"
-GUNICORN = "gunicorn@blue.service"
-ENV_FILE = "/etc/multinotes/multinotes.env"
-# The valid test-only values the converge uses; each bad-input case overrides one.
-VALID = next(play for play in yaml.safe_load((SCENARIO / "converge.yml").read_text())
-             if "ansible.builtin.import_playbook" in play)["vars"]
-SECRETS = [VALID["app_secret_key"], VALID["app_db_password"], VALID["app_db_migrate_password"],
-           "Test-Only-Redis-Pw-2026"]
+from scenario import ENV_FILE, GUNICORN, PLAYBOOK, SECRETS, SOCKET, VALID
 
 # A client of the socket, as nginx is: HTTP/1.0 over AF_UNIX, forwarded as https.
 CLIENT = r'''

@@ -7,22 +7,14 @@ import email
 import json
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import testlib
-import yaml
 
-SCENARIO = Path(__file__).resolve().parents[1]
-PLAYBOOK = testlib.PROJECT / "playbooks" / "app.yml"
-SOCKET = "/run/multinotes/gunicorn.sock"
-ENV_FILE = "/etc/multinotes/multinotes.env"
+from scenario import ENV_FILE, PLAYBOOK, SECRETS, SOCKET, VALID
+
 MAILDIR = "/var/lib/test-services/maildir/new"
 SENTRY_ITEMS = "/var/lib/test-services/sentry.jsonl"
-VALID = next(play for play in yaml.safe_load((SCENARIO / "converge.yml").read_text())
-             if "ansible.builtin.import_playbook" in play)["vars"]
-SECRETS = [VALID["app_secret_key"], VALID["app_db_password"], VALID["app_db_migrate_password"],
-           "Test-Only-Redis-Pw-2026", VALID["app_sentry_dsn"]]
 
 
 @pytest.fixture(scope="module")
