@@ -39,6 +39,14 @@ def sentry_events(services, marker, seconds=60):
     return []
 
 
+def post_sentry_check(web, *headers):
+    """The status of a POST to the Sentry check endpoint through the live slot's socket."""
+    return web.check_output(
+        "curl -s -o /dev/null -w '%%{http_code}' --unix-socket %s -X POST -H 'Host: app.test' "
+        "-H 'X-Forwarded-Proto: https' " + " ".join(["-H %s"] * len(headers)) + " http://app.test/api/v1/sentry-check/",
+        SOCKET, *headers)
+
+
 def test_env_file_holds_the_features_on_and_nothing_of_those_off(hosts):
     env = hosts["app-web"].check_output("cat %s", ENV_FILE)
     for line in ('SMTP_HOST="app-redis"', 'SMTP_PORT="2525"', 'SMTP_SECURITY="starttls"',
@@ -84,11 +92,7 @@ def test_an_error_raised_in_a_request_reaches_sentry(hosts):
     web = hosts["app-web"]
     token = web.check_output("multinotes-manage sentry_check --request-token").splitlines()[-1]
     marker = uuid.uuid4().hex
-    status = web.check_output(
-        "curl -s -o /dev/null -w '%%{http_code}' --unix-socket %s -X POST -H 'Host: app.test' "
-        "-H 'X-Forwarded-Proto: https' -H %s -H %s http://app.test/api/v1/sentry-check/",
-        SOCKET, f"X-Sentry-Check: {token}", f"X-Sentry-Check-Marker: {marker}")
-    assert status == "500"
+    assert post_sentry_check(web, f"X-Sentry-Check: {token}", f"X-Sentry-Check-Marker: {marker}") == "500"
     events = sentry_events(hosts["app-redis"], marker)
     assert events, f"no Sentry event for the request error:\n{hosts['app-redis'].run('tail -n 5 %s', SENTRY_ITEMS).stdout}"
     event = events[0]
@@ -100,10 +104,7 @@ def test_an_error_raised_in_a_request_reaches_sentry(hosts):
 
 
 def test_the_sentry_check_endpoint_is_404_without_a_token(hosts):
-    status = hosts["app-web"].check_output(
-        "curl -s -o /dev/null -w '%%{http_code}' --unix-socket %s -X POST -H 'Host: app.test' "
-        "-H 'X-Forwarded-Proto: https' -H 'X-Sentry-Check: forged' http://app.test/api/v1/sentry-check/", SOCKET)
-    assert status == "404"
+    assert post_sentry_check(hosts["app-web"], "X-Sentry-Check: forged") == "404"
 
 
 def test_an_error_raised_in_a_celery_task_reaches_sentry(hosts):

@@ -43,6 +43,18 @@ def play(name, limit="all", **extra):
     return rc, out, recap
 
 
+def play_under_load(name, settle=1, **extra):
+    """Run a playbook while the client sends requests through the front door, with `settle`
+    seconds of client traffic before and after: (rc, output, the client, wall time)."""
+    with Load() as load:
+        time.sleep(settle)
+        started = time.monotonic()
+        rc, out, _ = play(name, **extra)
+        elapsed = time.monotonic() - started
+        time.sleep(settle)
+    return rc, out, load, elapsed
+
+
 class _Connection(http.client.HTTPSConnection):
     """HTTPS to the web host's address with the site's name as SNI and Host, as a browser."""
 
@@ -259,12 +271,7 @@ def test_health_checks_reuse_their_redis_connection():
 def test_deploy_v2_under_load_fails_no_request_and_pauses_nothing(v2_source, gap_bound):
     assert version() == "1.0.0"
     before = release_status()
-    with Load() as load:
-        time.sleep(2)
-        started = time.monotonic()
-        rc, out, _ = play("deploy.yml", app_source_dir=str(v2_source))
-        elapsed = time.monotonic() - started
-        time.sleep(2)
+    rc, out, load, elapsed = play_under_load("deploy.yml", app_source_dir=str(v2_source), settle=2)
     assert rc == 0, out
     line = load.report("deploy of 2.0.0 under load", elapsed, switched_to="2.0.0")
     assert load.counts["failed"] == 0, (line, load.errors[:5])
@@ -285,12 +292,7 @@ def test_deploy_v2_under_load_fails_no_request_and_pauses_nothing(v2_source, gap
 
 
 def test_rollback_to_v1_with_migrate_under_load():
-    with Load() as load:
-        time.sleep(2)
-        started = time.monotonic()
-        rc, out, _ = play("rollback.yml", rollback_db="migrate")
-        elapsed = time.monotonic() - started
-        time.sleep(2)
+    rc, out, load, elapsed = play_under_load("rollback.yml", rollback_db="migrate", settle=2)
     assert rc == 0, out
     line = load.report("rollback to 1.0.0 (rollback_db=migrate) under load", elapsed)
     assert load.counts["failed"] == 0, (line, load.errors[:5])
@@ -309,12 +311,7 @@ def test_code_only_rollback_is_an_nginx_switch_within_budget_with_no_pause(gap_b
     the rollback starts nothing, it points nginx at that slot. Then back to 1.0.0 the same way."""
     warm_slot = next(name for name, slot in release_status()["slots"].items() if slot["state"] == "warm")
     warm_pid = main_pid(warm_slot)
-    with Load() as load:
-        time.sleep(1)
-        started = time.monotonic()
-        rc, out, _ = play("rollback.yml")
-        elapsed = time.monotonic() - started
-        time.sleep(1)
+    rc, out, load, elapsed = play_under_load("rollback.yml")
     assert rc == 0, out
     line = load.report("code-only rollback to 2.0.0 under load", elapsed, switched_to="2.0.0")
     assert load.counts["failed"] == 0 and load.counts["maintenance"] == 0, (line, load.errors[:5])
@@ -324,12 +321,7 @@ def test_code_only_rollback_is_an_nginx_switch_within_budget_with_no_pause(gap_b
     assert release_status()["live_slot"] == warm_slot and main_pid(warm_slot) == warm_pid
     assert elapsed <= ROLLBACK_BUDGET, line
     # Back to 1.0.0 for what follows (its schema: 0003 is not applied).
-    with Load() as load:
-        time.sleep(1)
-        started = time.monotonic()
-        rc, out, _ = play("rollback.yml")
-        elapsed = time.monotonic() - started
-        time.sleep(1)
+    rc, out, load, elapsed = play_under_load("rollback.yml")
     assert rc == 0, out
     line = load.report("code-only rollback to 1.0.0 under load", elapsed, switched_to="1.0.0")
     assert load.counts["failed"] == 0 and load.longest_gap() <= gap_bound, (line, load.errors[:5], f"bound {gap_bound:.3f} s")
@@ -348,12 +340,7 @@ def test_a_broken_release_never_gets_a_request(tmp_path):
         fh.write("\nimport multinotes_module_that_this_release_forgot  # noqa: E402,F401 - the breakage under test\n")
     before = release_status()
     live_pid = main_pid(before["live_slot"])
-    with Load() as load:
-        time.sleep(1)
-        started = time.monotonic()
-        rc, out, _ = play("deploy.yml", app_source_dir=str(broken))
-        elapsed = time.monotonic() - started
-        time.sleep(1)
+    rc, out, load, elapsed = play_under_load("deploy.yml", app_source_dir=str(broken))
     line = load.report("broken release 3.0.0 deployed under load", elapsed)
     assert rc != 0, out
     assert "release 3.0.0-" in out and "did not start" in out and "multinotes_module_that_this_release_forgot" in out, out
