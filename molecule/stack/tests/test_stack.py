@@ -124,18 +124,33 @@ class Load:
                     self.versions.add(version)
             time.sleep(0.02)
 
+    def _gaps(self):
+        times = sorted(t for t, _ in self.ok_at)
+        return list(zip(times, times[1:]))
+
+    def _first(self, version):
+        return min((t for t, v in self.ok_at if v == version), default=None)
+
     def longest_gap(self, around=None, window=5.0):
         """Seconds of the longest stretch without a successful answer; with `around` (a
-        version), only within `window` s of the first answer from that version (the
-        switch: the old design's restart pause sat right before it)."""
-        answers = sorted(self.ok_at)
-        times = [t for t, _ in answers]
+        version), of the stretches that overlap `window` s either side of the first answer
+        from that version (the switch: the old design's restart pause ended right there)."""
+        gaps = self._gaps()
         if around is not None:
-            first = next((t for t, v in answers if v == around), None)
+            first = self._first(around)
             if first is None:
                 return float("inf")
-            times = [t for t in times if abs(t - first) <= window]
-        return max((b - a for a, b in zip(times, times[1:])), default=float("inf"))
+            gaps = [(a, b) for a, b in gaps if b >= first - window and a <= first + window]
+        return max((b - a for a, b in gaps), default=float("inf"))
+
+    def longest_gap_before(self, around, window=5.0, lead=10.0):
+        """The longest stretch in the `lead` s before that window: the same playbook, the same
+        machine load, the release being started and gated in the idle slot, no switch yet."""
+        first = self._first(around)
+        if first is None:
+            return 0.0
+        start, end = first - window - lead, first - window
+        return max((b - a for a, b in self._gaps() if a >= start and b <= end), default=0.0)
 
     def report(self, what, seconds, switched_to=None):
         line = (f"{what}: wall time {seconds:.1f} s; requests {self.counts}, failed {self.counts['failed']}, "
@@ -278,7 +293,11 @@ def test_deploy_v2_under_load_fails_no_request_and_pauses_nothing(v2_source, gap
     assert load.counts["ok"] > 50 and load.versions == {"1.0.0", "2.0.0"}, line
     # The deploy installs and builds on the web host meanwhile (pip, compileall,
     # collectstatic): the bound applies around the switch itself.
-    assert load.longest_gap(around="2.0.0") <= gap_bound, (line, f"bound {gap_bound:.3f} s")
+    # The bound: MAX_GAP over the client's own gaps with no switch, in the 20 s baseline or in
+    # the 10 s before the switch under the same deploy (CI once saw 1.01 s in the baseline and
+    # 1.49 s at the switch on a saturated machine). A restart in place paused 1.8 s quiet.
+    bound = max(gap_bound, load.longest_gap_before("2.0.0") + MAX_GAP)
+    assert load.longest_gap(around="2.0.0") <= bound, (line, f"bound {bound:.3f} s")
     assert version() == "2.0.0"
     # 2.0.0 went to the idle slot; 1.0.0 keeps running there, warm, for a rollback.
     after = release_status()
