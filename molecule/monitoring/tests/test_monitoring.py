@@ -266,7 +266,7 @@ def test_redis_down_alerts_once_and_resolves(prom, app):
 @pytest.mark.parametrize("extra_vars,named", [
     ({"monitoring_alert_cpu_percent": "eighty"}, "monitoring_alert_cpu_percent"),
     ({"monitoring_scrape_hosts": ["mon-app", "ghost.example.test"]}, "monitoring_scrape_hosts"),
-    ({"backup_alert_webhook_url": "", "backup_alert_mail_to": ""}, "monitoring_alert_webhook_url"),
+    ({"multinotes_alert_webhook_url": "", "multinotes_alert_mail_to": ""}, "multinotes_alert_webhook_url"),
     ({"monitoring_alertmanager_routes": [{"receiver": "pager", "matchers": []}]}, "monitoring_alertmanager_routes"),
 ])
 def test_bad_monitoring_input_is_refused_before_any_change(extra_vars, named):
