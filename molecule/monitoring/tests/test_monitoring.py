@@ -277,6 +277,8 @@ def test_bad_monitoring_input_is_refused_before_any_change(extra_vars, named):
 @pytest.mark.parametrize("extra_vars,named", [
     ({"exporters_listen_address": "0.0.0.0"}, "exporters_listen_address"),
     ({"exporters_nginx_log_files": ["access.log"]}, "exporters_nginx_log_files"),
+    # Derived from the redis role's monitoring password: the message names what the user sets.
+    ({"redis_monitor_password": ""}, "exporters_redis_password (from redis_monitor_password) is empty"),
 ])
 def test_bad_exporter_input_is_refused_before_any_change(extra_vars, named):
     testlib.assert_refused_before_any_change(
