@@ -97,13 +97,19 @@ def login_view(request):
 @csrf_exempt
 @require_POST
 def enqueue(request):
-    """POST {"a": 2, "b": 3}: queues core.tasks.add, answers 202 with the task id."""
+    """POST {"a": 2, "b": 3}: queues core.tasks.add, answers 202 with the task id.
+    Optional: "seconds" (0-60) the task takes, "soft_time_limit" (1-60) its own soft limit."""
     try:
         data = json.loads(request.body or b"{}")
         a, b = int(data.get("a", 0)), int(data.get("b", 0))
+        seconds = int(data.get("seconds", 0))
+        soft_limit = int(data["soft_time_limit"]) if "soft_time_limit" in data else None
     except (ValueError, TypeError):
-        return JsonResponse({"error": "a and b must be integers"}, status=400)
-    result = add.delay(a, b)
+        return JsonResponse({"error": "a, b, seconds and soft_time_limit must be integers"}, status=400)
+    if not 0 <= seconds <= 60 or soft_limit is not None and not 1 <= soft_limit <= 60:
+        return JsonResponse({"error": "seconds must be 0-60 and soft_time_limit 1-60"}, status=400)
+    options = {"soft_time_limit": soft_limit} if soft_limit else {}
+    result = add.apply_async((a, b), {"seconds": seconds}, **options)
     return JsonResponse({"task_id": result.id}, status=202)
 
 

@@ -122,7 +122,7 @@ def test_task_enqueued_over_http_runs_on_the_worker_host(hosts):
             break
         time.sleep(1)
     assert result["state"] == "SUCCESS", result
-    assert result["result"] == {"sum": 5, "hostname": "app-worker"}
+    assert (result["result"]["sum"], result["result"]["hostname"]) == (5, "app-worker"), result
 
 
 def test_beat_writes_heartbeats(hosts):
@@ -170,16 +170,55 @@ def test_gunicorn_serves_again_within_10_s_after_its_master_is_killed(hosts):
     assert web.check_output("systemctl show -p MainPID --value %s", GUNICORN) != pid
 
 
-def run_task(web, a, b, seconds=60):
-    queued = request(web, "/api/v1/tasks/", "POST", {"a": a, "b": b})
+def queue_task(web, a, b, **options):
+    queued = request(web, "/api/v1/tasks/", "POST", dict(options, a=a, b=b))
     assert queued["status"] == 202, queued
+    return queued["json"]["task_id"]
+
+
+def wait_task(web, task_id, seconds=60, until=("SUCCESS", "FAILURE")):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        result = request(web, f"/api/v1/tasks/{queued['json']['task_id']}/")["json"]
-        if result["state"] == "SUCCESS":
+        result = request(web, f"/api/v1/tasks/{task_id}/")["json"]
+        if result["state"] in until:
             return result
-        time.sleep(1)
+        time.sleep(0.5)
     return result
+
+
+def run_task(web, a, b, seconds=60):
+    return wait_task(web, queue_task(web, a, b), seconds)
+
+
+WORKER = "celery-worker-default.service"
+
+
+def test_a_restart_lets_the_running_task_finish_on_the_old_worker(hosts):
+    """Warm stop: `systemctl restart` sends TERM; the worker takes no new task and finishes
+    the one it runs before it exits (TimeoutStopSec leaves it the task's hard time limit)."""
+    web, worker = hosts["app-web"], hosts["app-worker"]
+    old = int(worker.check_output("systemctl show -p MainPID --value %s", WORKER))
+    task = queue_task(web, 4, 5, seconds=8)
+    assert wait_task(web, task, 30, until=("STARTED",))["state"] == "STARTED", "the task never started"
+    started = time.monotonic()
+    worker.check_output("systemctl restart %s", WORKER)
+    stopped_after = time.monotonic() - started
+    result = wait_task(web, task, 30)
+    assert result["state"] == "SUCCESS", (result, testlib.journal(worker, WORKER))
+    assert result["result"]["sum"] == 9 and result["result"]["worker_pid"] == old, (
+        f"the task was not finished by the worker that ran it (pid {old}): {result}")
+    assert int(worker.check_output("systemctl show -p MainPID --value %s", WORKER)) not in (0, old)
+    print(f"warm restart waited {stopped_after:.1f} s for the running task")
+    assert stopped_after >= 3, f"the restart took {stopped_after:.1f} s: it did not wait for the task"
+    assert run_task(web, 1, 1)["state"] == "SUCCESS", "the new worker runs no task"
+
+
+def test_a_task_over_its_soft_time_limit_is_told_so(hosts):
+    """The soft limit reaches the task as SoftTimeLimitExceeded (it can clean up), here with a
+    1 s limit of its own; the unit's own limits are the property test's."""
+    result = wait_task(hosts["app-web"], queue_task(hosts["app-web"], 1, 1, seconds=20, soft_time_limit=1), 40)
+    assert result["state"] == "SUCCESS", result
+    assert result["result"].get("soft_time_limit_exceeded") is True, result
 
 
 def test_a_killed_worker_is_restarted_by_systemd_and_runs_tasks_again(hosts):
@@ -264,10 +303,20 @@ def test_units_are_sandboxed(hosts, name, unit, bar):
     assert exposure <= bar, out
 
 
-def test_gunicorn_socket_is_for_nginx_only(hosts):
+@pytest.mark.parametrize("user,answers", [("www-data", True), ("nobody", False)])
+def test_gunicorn_socket_is_for_nginx_only(hosts, user, answers):
+    """nginx's user gets an answer through the socket (the control); any other user cannot
+    even connect."""
     sock = hosts["app-web"].file(SOCKET)
     assert sock.is_socket and sock.group == "www-data" and sock.mode == 0o660
     testlib.assert_active(hosts["app-web"], "gunicorn@blue.socket")
+    out = hosts["app-web"].run(
+        "runuser -u %s -- curl -sS -o /dev/null -w '%%{http_code}' --max-time 10 --unix-socket %s "
+        "-H 'Host: app.test' http://app.test/api/v1/version/", user, SOCKET)
+    if answers:
+        assert (out.rc, out.stdout) == (0, "200"), out.stdout + out.stderr
+    else:
+        assert out.rc == 7 and out.stdout == "000", f"{user} reached gunicorn: {out.stdout} {out.stderr}"
 
 
 @pytest.mark.parametrize("prop,check", [
