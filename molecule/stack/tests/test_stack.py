@@ -12,6 +12,7 @@ import http.client
 import json
 import os
 import shutil
+import re
 import socket
 import ssl
 import subprocess
@@ -283,6 +284,29 @@ def test_health_checks_reuse_their_redis_connection():
     assert len(out.splitlines()) < 30, out
 
 
+def hashed_static(name="admin/css/base.css"):
+    """The live release's hashed URL of a static file, from collectstatic's manifest."""
+    manifest = json.loads(root("stack-web").check_output("cat /srv/multinotes/current/static/staticfiles.json"))
+    return "/static/" + manifest["paths"][name]
+
+
+def assert_served_immutable(url):
+    status, headers, body = get(url)
+    assert status == 200 and body, (url, status)
+    assert "immutable" in headers.get("Cache-Control", ""), (url, headers)
+
+
+# The hashed URL of the release a page was rendered with, before a deploy: served after it.
+BEFORE_DEPLOY = {}
+
+
+def test_hashed_static_files_are_served_through_nginx_as_immutable():
+    url = hashed_static()
+    assert re.search(r"/static/admin/css/base\.[0-9a-f]{12}\.css$", url), url
+    assert_served_immutable(url)
+    BEFORE_DEPLOY["css"] = url
+
+
 def test_deploy_v2_under_load_fails_no_request_and_pauses_nothing(v2_source, gap_bound):
     assert version() == "1.0.0"
     before = release_status()
@@ -308,6 +332,9 @@ def test_deploy_v2_under_load_fails_no_request_and_pauses_nothing(v2_source, gap
     assert db_query(f"SELECT COUNT(*) FROM core_note WHERE title = '{V2_NOTE}'") == "1"
     # The pre-deploy backup is recorded for rollback_db=restore.
     assert json.loads(root("stack-db").check_output("cat /var/lib/multinotes-backup/predeploy.json"))["stamp"]
+    # A page rendered by 1.0.0 keeps its styles, and 2.0.0's are served the same way.
+    assert_served_immutable(BEFORE_DEPLOY["css"])
+    assert_served_immutable(hashed_static())
 
 
 def test_rollback_to_v1_with_migrate_under_load():
