@@ -38,10 +38,12 @@ harness: ## Start (or reuse) the Docker engine, the apt cache and the local advi
 images: harness ## Build the Debian 12/13 test-host images whose recipe changed
 	@$(HARNESS) images
 
-lint: venv ## yamllint, ansible-lint (production profile), secrets scan, pinned collections, dependency audit
+lint: venv ## yamllint, ansible-lint (production profile), secrets scan, pinned collections, collection build, EE context, dependency audit
 	yamllint --strict .
 	ansible-lint
 	$(PY) molecule/_harness/check_collections.py
+	ansible-galaxy collection build --force --output-path .cache/collection .
+	ansible-builder create --file execution-environment.yml --context .cache/ee --output-filename Containerfile
 	git ls-files -z | xargs -0 detect-secrets-hook --baseline .secrets.baseline
 	@$(HARNESS) osv
 	@for f in requirements.txt constraints.txt; do \
