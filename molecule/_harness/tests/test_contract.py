@@ -57,7 +57,7 @@ def test_each_shared_value_has_exactly_one_definition():
 
 
 @pytest.mark.parametrize("literal,home", [
-    (r"\.env\b", "multinotes_env_file"),
+    (r"/etc/\S*\.env\b", "multinotes_env_file"),
     (r"\b63(79|80|89|90)\b", "multinotes_redis_*_port"),
     (r"\b3306\b", "multinotes_db_port"),
     (r"/srv/", "multinotes_app_root"),
