@@ -26,7 +26,13 @@ def verdict():
     except (OSError, ValueError):
         return "no launch check report"
     passed = sum(1 for item in report["items"] if item["ok"])
-    return f"{report['verdict']} ({passed}/{len(report['items'])} items pass) - {REPORT.with_suffix('.md')}"
+    line = f"{report['verdict']} ({passed}/{len(report['items'])} items pass) - {REPORT.with_suffix('.md')}"
+    coverage = report.get("coverage", {}).get("summary")
+    if coverage:
+        # GO is about the checks; say how much of the checklist they cover.
+        line += (f"\n  checklist: {coverage['verified']} of {coverage['lines']} lines verified by a check, "
+                 f"{coverage['out of scope']} out of scope, {coverage['not yet verified']} not yet verified")
+    return line
 
 
 def main():
