@@ -217,7 +217,12 @@ def assert_check_mode_changes_nothing(playbook, *, limit="all"):
 
     Molecule's own `check` step fails only when a task fails; this is the promise that a
     converged host has nothing left to change, enforced. Returns the recap."""
-    rc, out, recap = run_playbook(playbook, limit=limit, check=True)
+    return assert_no_change_in_check_mode(run_playbook(playbook, limit=limit, check=True))
+
+
+def assert_no_change_in_check_mode(result):
+    """The checks of assert_check_mode_changes_nothing on a run already made (rc, out, recap)."""
+    rc, out, recap = result
     assert rc == 0, out[-6000:]
     assert recap, out[-3000:]
     print("check mode recap: " + ", ".join(f"{h} changed={r['changed']}" for h, r in sorted(recap.items())))
@@ -230,3 +235,13 @@ def test_converge_in_check_mode_reports_no_change_on_any_host():
     """Every scenario's first test (each tests/test_00_check_mode.py imports it, so pytest
     collects it there): the scenario's converge in check mode on its converged hosts."""
     assert_check_mode_changes_nothing(Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"]) / "converge.yml")
+
+
+@batched(lambda **_: dict(playbook=Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"]) / "converge.yml", limit="all",
+                          check=True))
+def batched_check_mode_test(batched_run):
+    """The same test as a member of the session's batch, for a scenario whose batch holds
+    only runs that change nothing: the batch then starts with the session, so its runs
+    overlap the check-mode run, and every test after it still sees what they left, which
+    is what the converge left (app: tests/test_00_check_mode.py)."""
+    assert_no_change_in_check_mode(batched_run)
