@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+import contextlib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -181,10 +182,13 @@ def batched_results(request):
     workers = batch_workers()
     results, seconds, wall = run_batch(runs, workers)
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
     if reporter is not None:
-        reporter.write_line(
-            f"\nbatched playbook runs: {len(runs)}, {workers} at a time, {wall:.1f} s wall, "
-            f"{sum(seconds.values()):.1f} s summed (longest {max(seconds.values(), default=0):.1f} s)")
+        # Straight to the log, where the run happens, not into the first test's captured output.
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+            reporter.write_line(
+                f"batched playbook runs: {len(runs)}, {workers} at a time, {wall:.1f} s wall, "
+                f"{sum(seconds.values()):.1f} s summed (longest {max(seconds.values(), default=0):.1f} s)")
     return results
 
 

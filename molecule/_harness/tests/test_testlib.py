@@ -132,3 +132,5 @@ def test_each_batched_case_is_its_own_test_and_a_failing_one_is_named(scenario):
     assert "FAILED test_batched.py::test_bad_value_is_refused[positive]" in out, out
     assert "PASSED test_batched.py::test_not_batched" in out, out
     assert out.count("batched playbook runs: 3, 2 at a time") == 1, out
+    # Live, when the batch ran, not in a passed test's captured output at the end.
+    assert out.index("batched playbook runs") < out.index("test_bad_value_is_refused[negative] PASSED"), out
