@@ -448,8 +448,9 @@ def test_process_logs_to_the_new_file_after_a_rotation(hosts, log):
         "cors-all", "site-http", "rotate-not-int", "log-mode", "reopen-unit",
         "allowed-hosts-star", "allowed-hosts-star-opted-in", "allowed-hosts-dot", "csrf-http", "csrf-no-scheme",
         "cors-http"])
-def test_bad_input_fails_before_any_change_and_prints_no_secret(bad_vars, named):
-    rc, out, recap = testlib.run_playbook(PLAYBOOK, limit="app-web", extra_vars=dict(VALID, **bad_vars))
+@testlib.batched(lambda bad_vars, **_: dict(playbook=PLAYBOOK, limit="app-web", extra_vars=dict(VALID, **bad_vars)))
+def test_bad_input_fails_before_any_change_and_prints_no_secret(batched_run, bad_vars, named):
+    rc, out, recap = batched_run
     assert rc != 0, out
     assert named in out, out
     assert recap["app-web"]["changed"] == 0, out
@@ -458,23 +459,25 @@ def test_bad_input_fails_before_any_change_and_prints_no_secret(bad_vars, named)
         assert secret not in out, f"a secret value appears in the output of {named}"
 
 
-def test_weak_db_password_is_refused_on_the_db_host_under_the_users_name():
+@testlib.batched(lambda **_: dict(
+    playbook=PLAYBOOK, limit="app-db",
+    # Alone in the play, app-db has no facts of the app hosts to derive the client hosts from.
+    extra_vars=dict(VALID, app_db_password="Short-Pw-1", mariadb_client_hosts=["10.0.0.%"])))  # pragma: allowlist secret
+def test_weak_db_password_is_refused_on_the_db_host_under_the_users_name(batched_run):
     """The database play runs first: its refusal must name app_db_password, which the user
     sets, not mariadb_runtime_password, which group_vars derives from it."""
-    out = testlib.assert_refused_before_any_change(
-        PLAYBOOK, limit="app-db",
-        # Alone in the play, app-db has no facts of the app hosts to derive the client hosts from.
-        extra_vars=dict(VALID, app_db_password="Short-Pw-1", mariadb_client_hosts=["10.0.0.%"]),  # pragma: allowlist secret
-        named="app_db_password is weak")
+    out = testlib.assert_refused(batched_run, limit="app-db", named="app_db_password is weak")
     assert "mariadb_runtime_password" not in out, out
     assert "Short-Pw-1" not in out, "the password appears in the output"  # pragma: allowlist secret
 
 
-def test_a_leading_dot_host_is_admitted_in_production_when_opted_in():
+# Batched: check mode on the converged hosts changes nothing (test_00 enforces changed=0).
+@testlib.batched(lambda **_: dict(
+    playbook=PLAYBOOK, limit="app-web", check=True,
+    extra_vars=dict(VALID, app_allowed_hosts=[".app.test", "localhost"],
+                    app_allowed_hosts_subdomain_wildcard_enabled=True)))
+def test_a_leading_dot_host_is_admitted_in_production_when_opted_in(batched_run):
     """The opt-in is real: with it, the same value passes validation (check mode: no change made)."""
-    rc, out, recap = testlib.run_playbook(
-        PLAYBOOK, limit="app-web", check=True,
-        extra_vars=dict(VALID, app_allowed_hosts=[".app.test", "localhost"],
-                        app_allowed_hosts_subdomain_wildcard_enabled=True))
+    rc, out, recap = batched_run
     assert rc == 0, out
     assert recap["app-web"]["failed"] == 0, out

@@ -151,9 +151,9 @@ GOOGLE = {"app_oauth_google_enabled": True, "app_oauth_google_client_id": "1234-
     ({"app_sentry_dsn": "https://sentry.example.net/1"}, "app_sentry_dsn", "https://<key>@<host>/<project id>"),
 ], ids=["razorpay-test-key", "razorpay-placeholder", "redirect-http", "redirect-other-host", "llm-placeholder",
         "smtp-25-plain", "smtp-no-password", "sample-rate", "sentry-dsn"])
-def test_bad_third_party_setting_is_refused_before_any_change(bad_vars, named, says):
-    out = testlib.assert_refused_before_any_change(PLAYBOOK, limit="app-web", extra_vars=dict(VALID, **bad_vars),
-                                                   named=named)
+@testlib.batched(lambda bad_vars, **_: dict(playbook=PLAYBOOK, limit="app-web", extra_vars=dict(VALID, **bad_vars)))
+def test_bad_third_party_setting_is_refused_before_any_change(batched_run, bad_vars, named, says):
+    out = testlib.assert_refused(batched_run, limit="app-web", named=named)
     assert says in " ".join(out.split()), out
     good_secrets = [v for k, v in {**RAZORPAY, **GOOGLE}.items() if k.endswith("secret")]
     for secret in SECRETS + good_secrets + [v for v in bad_vars.values() if isinstance(v, str) and len(v) > 8]:
@@ -171,11 +171,14 @@ def test_the_live_release_has_a_passing_dependency_audit_on_record(hosts, name):
     assert record["osv_url"] == VALID["app_audit_osv_url"] and record["packages"] > 30
 
 
-def test_a_release_with_a_known_vulnerability_is_refused_before_any_change(tmp_path):
+def vulnerable_release(tmp_path, **_):
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("Django==4.2.0\n")
-    out = testlib.assert_refused_before_any_change(
-        PLAYBOOK, limit="app-web", extra_vars=dict(VALID, app_requirements_file=str(requirements)),
-        named="PYSEC-2023-61")
+    return dict(playbook=PLAYBOOK, limit="app-web", extra_vars=dict(VALID, app_requirements_file=str(requirements)))
+
+
+@testlib.batched(vulnerable_release)
+def test_a_release_with_a_known_vulnerability_is_refused_before_any_change(batched_run):
+    out = testlib.assert_refused(batched_run, limit="app-web", named="PYSEC-2023-61")
     assert "django 4.2.0: PYSEC-2023-61 (CVE-2023-31047), fixed in 4.2.1" in " ".join(out.split()), out
     assert "app_audit_allowlist" in out

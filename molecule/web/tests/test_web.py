@@ -500,9 +500,9 @@ def test_a_config_logrotate_rejects_never_replaces_the_installed_one(web):
     ({"nginx_worker_connections": 1024, "nginx_worker_rlimit_nofile": 1500}, "nginx_worker_rlimit_nofile"),
 ], ids=["invalid-domain", "empty-domains", "size", "rate", "tls-profile", "acme-url",
         "rotate-not-int", "rotate-zero", "log-mode", "frequency", "rlimit-below-2x"])
-def test_bad_input_fails_before_any_change(bad_vars, named):
-    testlib.assert_refused_before_any_change(SCENARIO / "converge.yml", limit="web-12",
-                                                   extra_vars=bad_vars, named=named)
+@testlib.batched(lambda bad_vars, **_: dict(playbook=SCENARIO / "converge.yml", limit="web-12", extra_vars=bad_vars))
+def test_bad_input_fails_before_any_change(batched_run, bad_vars, named):
+    testlib.assert_refused(batched_run, limit="web-12", named=named)
 
 
 @pytest.mark.parametrize("host", HOSTS)
