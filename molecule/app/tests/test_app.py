@@ -312,7 +312,7 @@ def test_gunicorn_socket_is_for_nginx_only(hosts, user, answers):
     testlib.assert_active(hosts["app-web"], "gunicorn@blue.socket")
     out = hosts["app-web"].run(
         "runuser -u %s -- curl -sS -o /dev/null -w '%%{http_code}' --max-time 10 --unix-socket %s "
-        "-H 'Host: app.test' http://app.test/api/v1/version/", user, SOCKET)
+        "-H 'Host: app.test' -H 'X-Forwarded-Proto: https' http://app.test/api/v1/version/", user, SOCKET)
     if answers:
         assert (out.rc, out.stdout) == (0, "200"), out.stdout + out.stderr
     else:
