@@ -123,6 +123,36 @@ def test_nginx_responses_reach_prometheus_by_status(prom, app):
     assert seen == {"502": 5, "200": 1}, seen
 
 
+def request_seconds(prom):
+    """mon-app's response-time histogram in Prometheus: count, sum, and the count at or under 1 s."""
+    values = {}
+    for name, series in (("count", '_count{host="mon-app"}'), ("sum", '_sum{host="mon-app"}'),
+                         ("le1", '_bucket{host="mon-app", le="1"}')):
+        result = query(prom, f"sum(multinotes_nginx_request_seconds{series})")
+        values[name] = float(result[0]["value"][1]) if result else 0.0
+    return values
+
+
+def test_nginx_response_times_reach_prometheus(prom, app):
+    """The response-time alert's input: nginx's own $request_time, parsed by mtail from the
+    access log. A fast answer lands in the 1 s bucket, a 4 s one (400 KB at 100 KB/s) does
+    not, and the sum holds the slow one's seconds."""
+    before = request_seconds(prom)
+    timed = "curl -s -o /dev/null -w %s http://127.0.0.1:8081%s"
+    assert app.check_output(timed, "%{http_code}", "/ok") == "200"
+    took = float(app.check_output(timed, "%{time_total}", "/slow"))
+    assert took >= 3, f"the slow answer took {took} s: limit_rate did not hold it back"
+    deadline = time.time() + 60
+    while True:
+        now = request_seconds(prom)
+        seen = {k: now[k] - before[k] for k in now}
+        if seen["count"] >= 2 or time.time() > deadline:
+            break
+        time.sleep(2)
+    assert seen["count"] == 2 and seen["le1"] == 1, seen
+    assert took - 0.5 <= seen["sum"] <= took + 1, (seen, took)
+
+
 # --- Exposure ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("port", [9100, 9121, 9113, 3903, 9104])
