@@ -262,7 +262,103 @@ def test_check_mode_changes_nothing_and_prune_keeps_what_is_protected(tmp_path):
     path = lay_out(tmp_path)
     rc, out, _ = run(path, "prune", "--check")
     # keep 3: R1 (previous, green), R2 (live, blue) and R3 (the newest) all stay.
-    assert rc == 0 and out == {"changed": False, "removed": [], "check": True}
+    assert rc == 0 and out == {"changed": False, "removed": [], "venvs_removed": [], "check": True}
     rc, out, _ = run(path, "switch", R3, "--check")
     assert rc == 0 and out["changed"] is True and out["action"] == "switch" and out["check"] is True
     assert os.readlink(tmp_path / "srv" / "current") == f"releases/{R2}"
+
+
+def test_celery_restarts_are_queued_in_one_call_not_waited_for(tmp_path, monkeypatch):
+    """A warm stop waits for each running task (up to its hard time limit): the switch
+    queues the restarts (--no-block) so a rollback never waits behind the longest task."""
+    calls = []
+    monkeypatch.setattr(release, "_run", lambda argv, check=True: calls.append(argv) or subprocess.CompletedProcess(argv, 0, "", ""))
+    host = release.Host(release.validate_settings(settings(tmp_path, restart_units=["celery-worker-*.service", "celery-beat.service"])))
+    assert host.restart_units().startswith("queued")
+    assert calls == [["systemctl", "--no-block", "try-restart", "celery-worker-*.service", "celery-beat.service"]]
+    calls.clear()
+    assert release.Host(release.validate_settings(settings(tmp_path))).restart_units() is None and calls == []
+
+
+def test_the_celery_units_state_is_read_from_systemctl_list_units():
+    text = ("celery-beat.service           loaded active running Celery beat of multinotes (one host only)\n"
+            "celery-worker-default.service loaded deactivating stop-sigterm Celery worker default of multinotes\n")
+    assert release.parse_unit_list(text) == {"celery-beat.service": "active/running",
+                                             "celery-worker-default.service": "deactivating/stop-sigterm"}
+    assert release.parse_unit_list("") == {}
+
+
+def test_the_venv_key_follows_the_requirements_and_the_python():
+    a = release.venv_key(b"django==5.2.8\n", "3.11")
+    assert a.startswith("py3.11-") and len(a) == len("py3.11-") + 16
+    assert a == release.venv_key(b"django==5.2.8\n", "3.11")
+    assert a != release.venv_key(b"django==5.2.9\n", "3.11") and a != release.venv_key(b"django==5.2.8\n", "3.13")
+
+
+def test_prune_removes_only_the_venvs_no_release_links_to():
+    assert release.unused_venvs(["py3.11-a", "py3.11-b", "py3.13-c"], ["py3.11-a", "py3.11-a"]) == ["py3.11-b", "py3.13-c"]
+    assert release.unused_venvs([], ["py3.11-a"]) == []
+
+
+def unpacked(tmp_path, rid, requirements="six==1.17.0\n"):
+    rdir = tmp_path / "srv" / "releases" / rid
+    (rdir / "src").mkdir(parents=True)
+    (rdir / "src" / "app.py").write_text("X = 1\n")
+    (rdir / "wheelhouse").mkdir()
+    (rdir / "requirements.txt").write_text(requirements)
+    return rdir
+
+
+def test_install_builds_one_venv_per_requirements_and_shares_it(tmp_path, monkeypatch):
+    """Two releases with the same requirements: the first creates the venv (python -m venv,
+    pip --no-index from its wheelhouse), the second only links it; both are compiled and
+    marked installed; a third with other requirements gets its own; prune keeps what is linked."""
+    calls = []
+
+    def fake_run(argv, check=True):
+        calls.append(argv)
+        if argv[1:3] == ["-m", "venv"]:
+            (Path(argv[3]) / "bin").mkdir(parents=True)
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(release, "_run", fake_run)
+    host = release.Host(release.validate_settings(settings(tmp_path)))
+    first, second, other = (unpacked(tmp_path, R1), unpacked(tmp_path, R2), unpacked(tmp_path, R3, "six==1.16.0\n"))
+    out = host.install(R1)
+    assert out["changed"] and not out["venv_reused"]
+    assert [c[1:3] for c in calls if "-m" in c] == [["-m", "venv"], ["-m", "compileall"]]
+    assert any(c[1] == "install" and "--no-index" in c for c in calls)
+    calls.clear()
+    out2 = host.install(R2)
+    assert out2["venv_reused"] and out2["venv"] == out["venv"]
+    assert not any("install" in c or "venv" in c[1:3] for c in calls), calls
+    assert os.readlink(second / "venv") == f"../../venvs/{out['venv']}" == os.readlink(first / "venv")
+    assert (first / ".installed").exists() and (second / ".installed").exists()
+    assert host.install(R2)["changed"] is False  # installed: a no-op
+    out3 = host.install(R3)
+    assert out3["venv"] != out["venv"] and not out3["venv_reused"]
+    (tmp_path / "srv" / "venvs" / "py3.11-orphan").mkdir()
+    pruned = host.prune()
+    assert pruned["venvs_removed"] == ["py3.11-orphan"] and (tmp_path / "srv" / "venvs" / out["venv"]).is_dir()
+
+
+def test_a_half_built_venv_is_built_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(release, "_run", lambda argv, check=True: (
+        (Path(argv[3]) / "bin").mkdir(parents=True) if argv[1:3] == ["-m", "venv"] else None)
+        or subprocess.CompletedProcess(argv, 0, "", ""))
+    host = release.Host(release.validate_settings(settings(tmp_path)))
+    unpacked(tmp_path, R1)
+    key = release.venv_key(b"six==1.17.0\n")
+    (tmp_path / "srv" / "venvs" / key / "lib").mkdir(parents=True)  # no .complete
+    out = host.install(R1)
+    assert not out["venv_reused"] and (tmp_path / "srv" / "venvs" / key / ".complete").exists()
+    assert not (tmp_path / "srv" / "venvs" / key / "lib").exists()
+
+
+def test_install_refuses_what_is_not_an_unpacked_release(tmp_path):
+    host = release.Host(release.validate_settings(settings(tmp_path)))
+    with pytest.raises(release.Refused, match="not a release id"):
+        host.install("latest")
+    (tmp_path / "srv" / "releases" / R1).mkdir(parents=True)
+    with pytest.raises(release.Refused, match="not an unpacked release"):
+        host.install(R1)

@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -44,6 +45,13 @@ def content_hash(source, requirements, pythons, platforms):
     digest.update(requirements.read_bytes())
     digest.update(json.dumps([pythons, platforms]).encode())
     return digest.hexdigest()
+
+
+def deps_hash(requirements, pythons, platforms):
+    """The wheelhouse's cache key: the requirements file and the target Pythons/platforms."""
+    digest = hashlib.sha256(requirements.read_bytes())
+    digest.update(json.dumps([pythons, platforms]).encode())
+    return digest.hexdigest()[:16]
 
 
 def add_file(tar, arcname, data, mode=0o644):
@@ -75,9 +83,12 @@ def main():
         return 0
 
     args.out.mkdir(parents=True, exist_ok=True)
+    # The wheels depend on the requirements and the targets only: a release that changes
+    # code only reuses the last download (pip download is most of a build's time).
+    cached = args.out / "wheelhouses" / deps_hash(requirements, args.pythons, args.platforms)
     with tempfile.TemporaryDirectory(dir=args.out) as tmp:
-        wheelhouse = Path(tmp) / "wheelhouse"
-        for python in args.pythons:
+        wheelhouse = cached if cached.is_dir() else Path(tmp) / "wheelhouse"
+        for python in ([] if cached.is_dir() else args.pythons):
             cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
                    "--only-binary=:all:", "--implementation", "cp", "--python-version", python,
                    "--dest", str(wheelhouse), "-r", str(requirements)]
@@ -89,6 +100,9 @@ def main():
                 sys.stderr.write(f"build_artifact: no wheels for Python {python}: pin a version with a wheel "
                                  "for it, or pick a pure-Python alternative.\n")
                 return 1
+        if not cached.is_dir():
+            cached.parent.mkdir(exist_ok=True)
+            os.replace(shutil.copytree(wheelhouse, Path(tmp) / "wheelhouse.cache"), cached)
         release = {"release_id": release_id, "version": version, "content_sha256": digest,
                    "pythons": args.pythons, "platforms": args.platforms}
         partial = Path(tmp) / "artifact.tar.gz"

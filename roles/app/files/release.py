@@ -4,6 +4,16 @@
     multinotes-release status                 JSON: live release, previous, slots and their state
     multinotes-release switch RELEASE [--slot NAME] [--gate-timeout S] [--check] [--prune]
     multinotes-release prune [--check]
+    multinotes-release install RELEASE        its venv (shared by requirements), compiled, marked installed
+
+`install` finishes a release Ansible has unpacked into <app_root>/releases/<id>/ (src/,
+wheelhouse/, requirements.txt): its venv is <app_root>/venvs/<key>, where the key is the
+hash of the requirements file and this host's Python, created once with
+`pip install --no-index --find-links wheelhouse` and shared, read-only, by every release
+with the same requirements (a code-only release installs nothing); releases/<id>/venv
+links to it. Then the source is compiled and the release marked installed. A venv left
+half-built by an interrupted install is built again. `prune` removes the venvs no remaining
+release links to.
 
 A web host has two gunicorn slots (blue/green): units <unit>@<slot>.socket/.service, each
 running the release its link <app_root>/slots/<slot> points at. `switch` on a web host:
@@ -26,12 +36,16 @@ running the release its link <app_root>/slots/<slot> points at. `switch` on a we
 Switching to the live release is a no-op (exit 0, "changed": false), so the command is
 idempotent; it also rewrites the include if it no longer names the live slot. On hosts
 without slots (workers, the scheduler) `switch` points `current` at the release and
-restarts the Celery units warmly (try-restart: only what runs).
+restarts the Celery units warmly (try-restart: only what runs). Those restarts are queued
+with systemd, not waited for: a warm stop lets each running task finish (up to its hard
+time limit, minutes), and a rollback must not wait behind the longest task. `status`
+shows the units' state.
 
 Settings come from a JSON file the app role templates (--settings). The last line on
 stdout is always one JSON object; messages for people go to stderr.
 """
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -227,6 +241,33 @@ def old_workers_left(before, now):
     return sorted(set(before) & set(now))
 
 
+def parse_unit_list(text):
+    """`systemctl list-units --plain --no-legend` lines -> {unit: "ACTIVE/SUB"}."""
+    units = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and "." in fields[0]:
+            units[fields[0]] = f"{fields[2]}/{fields[3]}"
+    return units
+
+
+def check_release_id(release):
+    if not RELEASE_ID.match(release or ""):
+        raise Refused(f"{release!r} is not a release id such as 1.4.2-0123456789ab")
+    return release
+
+
+def venv_key(requirements, python=None):
+    """The venv a release's requirements need on this host: requirements bytes + Python."""
+    python = python or f"{sys.version_info[0]}.{sys.version_info[1]}"
+    return f"py{python}-" + hashlib.sha256(requirements + b"\0" + python.encode()).hexdigest()[:16]
+
+
+def unused_venvs(venvs, links):
+    """The venv names no release links to. links: the venv names releases point at."""
+    return sorted(set(venvs) - set(links))
+
+
 def prune_candidates(releases, protected, keep):
     """Releases to remove: beyond the `keep` newest, never a protected one.
     releases: list of (id, installed_at)."""
@@ -314,6 +355,8 @@ class Host:
         st = self.state()
         out = {"host": socket.gethostname(), "live": st["current"], "previous": st["previous"],
                "releases": st["releases"]}
+        if self.s["restart_units"]:
+            out["celery_units"] = self.unit_states(self.s["restart_units"])
         if st["web"]:
             out["live_slot"] = st["live_slot"]
             out["nginx_slot"] = st["nginx_slot"]
@@ -322,6 +365,12 @@ class Host:
                                          else "warm" if info["active"] else "stopped")}
                 for name, info in st["slots"].items()}
         return out
+
+    @staticmethod
+    def unit_states(patterns):
+        """{unit: "active/running" ...} of the loaded units matching the patterns (one call)."""
+        out = _run(["systemctl", "list-units", "--all", "--plain", "--no-legend", "--no-pager", *patterns], check=False).stdout
+        return parse_unit_list(out)
 
     # -- gunicorn slots
     def start_slot(self, slot, release):
@@ -459,8 +508,12 @@ class Host:
 
     # -- celery
     def restart_units(self):
-        for pattern in self.s["restart_units"]:
-            _run(["systemctl", "try-restart", pattern])
+        """Queue a warm restart of the Celery units that run (one systemctl call); returns
+        what was queued, for the result."""
+        if not self.s["restart_units"]:
+            return None
+        _run(["systemctl", "--no-block", "try-restart", *self.s["restart_units"]])
+        return "queued (warm: running tasks finish on the old release first)"
 
     # -- commands
     def switch(self, target, requested_slot=None, gate_timeout=None, check=False):
@@ -474,7 +527,7 @@ class Host:
         started = time.monotonic()
         if plan["action"] == "relink":
             self.set_links(target, state["current"])
-            self.restart_units()
+            result["celery_restart"] = self.restart_units()
             result["seconds"] = round(time.monotonic() - started, 2)
             return result
         slot = plan["slot"]
@@ -512,7 +565,7 @@ class Host:
         if _run(["systemctl", "is-enabled", "--quiet", *units], check=False).returncode != 0:
             _run(["systemctl", "enable", "--quiet", *units])
         result["switched_seconds"] = round(time.monotonic() - started, 2)
-        self.restart_units()
+        result["celery_restart"] = self.restart_units()
         step("links_and_restarts")
         old = plan["from_slot"]
         if old is not None:
@@ -536,6 +589,37 @@ class Host:
         if previous and previous != target:
             _replace_link(self.root / "previous", f"releases/{previous}")
 
+    # -- installing
+    def install(self, release, check=False):
+        release = check_release_id(release)
+        rdir = self.root / "releases" / release
+        if (rdir / ".installed").exists():
+            return {"changed": False, "release": release, "check": check}
+        if not (rdir / "requirements.txt").is_file() or not (rdir / "src").is_dir():
+            raise Refused(f"{rdir} is not an unpacked release (no requirements.txt or src/)")
+        key = venv_key((rdir / "requirements.txt").read_bytes())
+        venv = self.root / "venvs" / key
+        result = {"changed": True, "release": release, "venv": key, "check": check,
+                  "venv_reused": (venv / ".complete").exists()}
+        if check:
+            return result
+        started = time.monotonic()
+        if not result["venv_reused"]:
+            if venv.exists():
+                shutil.rmtree(venv)  # half-built by an interrupted install
+            venv.parent.mkdir(mode=0o755, exist_ok=True)
+            _run([sys.executable, "-m", "venv", str(venv)])
+            _run([str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", "--no-index",
+                  f"--find-links={rdir / 'wheelhouse'}", f"--requirement={rdir / 'requirements.txt'}"])
+            (venv / ".complete").write_text(f"{release}\n")
+        link = rdir / "venv"
+        if link.is_symlink() or not link.exists():
+            _replace_link(link, f"../../venvs/{key}")
+        _run([str(link / "bin" / "python"), "-m", "compileall", "-q", str(rdir / "src")])
+        (rdir / ".installed").write_text(f"{release}\n")
+        result["seconds"] = round(time.monotonic() - started, 2)
+        return result
+
     def prune(self, check=False):
         state = self.state()
         protected = {state["current"], state["previous"]} | {i["release"] for i in state["slots"].values()}
@@ -547,7 +631,15 @@ class Host:
                 artifact = self.root / "artifacts" / f"{rid}.tar.gz"
                 if artifact.exists():
                     artifact.unlink()
-        return {"changed": bool(remove), "removed": remove, "check": check}
+        venvs_dir = self.root / "venvs"
+        venvs = [v.name for v in venvs_dir.iterdir() if v.is_dir()] if venvs_dir.is_dir() else []
+        links = [_link_name(r / "venv") for r in (self.root / "releases").iterdir()
+                 if r.name not in remove] if (self.root / "releases").is_dir() else []
+        unused = unused_venvs(venvs, [name for name in links if name])
+        if not check:
+            for name in unused:
+                shutil.rmtree(venvs_dir / name)
+        return {"changed": bool(remove or unused), "removed": remove, "venvs_removed": unused, "check": check}
 
 
 def parse_args(argv):
@@ -563,6 +655,9 @@ def parse_args(argv):
     sw.add_argument("--prune", action="store_true", help="then remove releases beyond keep_releases")
     pr = sub.add_parser("prune", help="remove releases beyond keep_releases")
     pr.add_argument("--check", action="store_true")
+    ins = sub.add_parser("install", help="finish an unpacked release: its (shared) venv, compiled, marked installed")
+    ins.add_argument("release")
+    ins.add_argument("--check", action="store_true")
     return parser.parse_args(argv)
 
 
@@ -579,6 +674,8 @@ def main(argv=None):
             if args.prune:
                 result["pruned"] = host.prune(args.check)["removed"]
                 result["changed"] = result["changed"] or bool(result["pruned"])
+        elif args.command == "install":
+            result = host.install(args.release, args.check)
         else:
             result = host.prune(args.check)
     except Refused as exc:
