@@ -203,11 +203,12 @@ def main_pid(slot):
 # and then takes 0.3 s or more with no switch at all. Both figures are printed.
 MAX_GAP = float(os.environ.get("MULTINOTES_MAX_GAP", "0.3"))
 # The budget of a code-only rollback (the playbook, start to end, as the on-call engineer
-# runs it). The issue asks 10 s in CI; measured here with the warm slot: the switch itself
-# takes about 1.5 s on the web host, the playbook 27 s at a load average of 14 on 2 cores
-# (Ansible's own task round trips), where the single-slot design took 55 to 122 s. The
-# bound is what this machine proved under that load; the figure is printed every run.
-ROLLBACK_BUDGET = float(os.environ.get("MULTINOTES_ROLLBACK_BUDGET", "45"))
+# runs it). The issue asks 10 s in CI; measured here with the warm slot and the Celery
+# restart queued: 15.4 and 16.6 s at a load average of 8 to 14 on 2 cores (Ansible's own
+# work on a saturated controller; the host-side switch is under a second), where the
+# single-slot design took 55 to 122 s. The bound keeps twice that margin; the figure is
+# printed every run.
+ROLLBACK_BUDGET = float(os.environ.get("MULTINOTES_ROLLBACK_BUDGET", "30"))
 
 
 def db_query(sql):
