@@ -17,7 +17,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -100,9 +99,10 @@ def main():
                 sys.stderr.write(f"build_artifact: no wheels for Python {python}: pin a version with a wheel "
                                  "for it, or pick a pure-Python alternative.\n")
                 return 1
-        if not cached.is_dir():
+        if wheelhouse != cached:  # downloaded now: it becomes the cache (same file system, one rename)
             cached.parent.mkdir(exist_ok=True)
-            os.replace(shutil.copytree(wheelhouse, Path(tmp) / "wheelhouse.cache"), cached)
+            os.replace(wheelhouse, cached)
+            wheelhouse = cached
         release = {"release_id": release_id, "version": version, "content_sha256": digest,
                    "pythons": args.pythons, "platforms": args.platforms}
         partial = Path(tmp) / "artifact.tar.gz"

@@ -192,9 +192,7 @@ def other_slot(slots, slot):
 
 
 def validate_target(state, target):
-    if not RELEASE_ID.match(target or ""):
-        raise Refused(f"{target!r} is not a release id such as 1.4.2-0123456789ab "
-                      f"(installed here: {', '.join(state['releases']) or 'none'})")
+    check_release_id(target, f" (installed here: {', '.join(state['releases']) or 'none'})")
     if target not in state["releases"]:
         raise Refused(f"release {target} is not installed on this host "
                       f"(installed: {', '.join(state['releases']) or 'none'}); deploy it first")
@@ -251,9 +249,10 @@ def parse_unit_list(text):
     return units
 
 
-def check_release_id(release):
+def check_release_id(release, hint=""):
+    """`release` if it is shaped like a release id, else Refused (with `hint` appended)."""
     if not RELEASE_ID.match(release or ""):
-        raise Refused(f"{release!r} is not a release id such as 1.4.2-0123456789ab")
+        raise Refused(f"{release!r} is not a release id such as 1.4.2-0123456789ab{hint}")
     return release
 
 
