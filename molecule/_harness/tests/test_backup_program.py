@@ -164,7 +164,7 @@ CFG = {"s3": {"bucket": "b", "prefix": "p"}, "compress": {"tool": "gzip"}, "host
 
 
 def test_a_complete_upload_writes_data_then_manifest_then_latest(monkeypatch, boto_stub):
-    monkeypatch.setattr(mb, "pipeline", lambda cfg, argv, env=None: procs_of(["printf", "dump-bytes"]))
+    monkeypatch.setattr(mb, "pipeline", lambda cfg, argv, env=None, on_source_line=None: procs_of(["printf", "dump-bytes"]))
     s3 = FakeS3()
     stamp_ = mb.upload_stream(CFG, s3, "mariadb", "db", "sql.gz.age", ["mariadb-dump"], {"tables": {}})
     key, manifest_key = f"p/mariadb/db/{stamp_}.sql.gz.age", f"p/mariadb/db/{stamp_}.manifest.json"
@@ -176,7 +176,7 @@ def test_a_complete_upload_writes_data_then_manifest_then_latest(monkeypatch, bo
 
 def test_a_dying_producer_fails_the_upload_and_leaves_no_object(monkeypatch, boto_stub):
     dying = ["sh", "-c", "printf partial; echo 'mysqldump: Error 2013: Lost connection' >&2; exit 2"]
-    monkeypatch.setattr(mb, "pipeline", lambda cfg, argv, env=None: procs_of(dying, ["gzip", "-c"]))
+    monkeypatch.setattr(mb, "pipeline", lambda cfg, argv, env=None, on_source_line=None: procs_of(dying, ["gzip", "-c"]))
     s3 = FakeS3(["p/mariadb/db/latest.json"])
     with pytest.raises(mb.BackupError, match=r"sh exited 2: mysqldump: Error 2013: Lost connection"):
         mb.upload_stream(CFG, s3, "mariadb", "db", "sql.gz.age", ["mariadb-dump"], {})
@@ -187,7 +187,7 @@ def test_a_dying_producer_fails_the_upload_and_leaves_no_object(monkeypatch, bot
 def test_a_failing_store_kills_the_pipeline_and_cleans_up(monkeypatch, boto_stub):
     procs = []
 
-    def pipeline(cfg, argv, env=None):
+    def pipeline(cfg, argv, env=None, on_source_line=None):
         procs[:], out = procs_of(["sh", "-c", "while :; do printf data; done"])
         return procs, out
     monkeypatch.setattr(mb, "pipeline", pipeline)
@@ -197,3 +197,160 @@ def test_a_failing_store_kills_the_pipeline_and_cleans_up(monkeypatch, boto_stub
     assert all(proc.poll() is not None for _, proc, _ in procs), "the producer was left running"
     assert set(s3.objects) == {"p/mariadb/db/latest.json"}
     assert sorted(op for op, _ in s3.calls) == ["delete", "delete", "upload"]
+
+
+# --- A manifest from the dump's moment ----------------------------------------------
+
+class FakeSession:
+    """Stands in for SqlSession: records (session, sql) in one shared log, answers facts."""
+
+    log = []
+
+    def __init__(self, cfg, defaults_file):
+        # ConsistentManifest opens the holder first, then the reader.
+        self.name = ("holder", "reader")[sum(1 for _, q in self.log if q == "open") % 2]
+        self.log.append((self.name, "open"))
+        self.closed = False
+
+    def query(self, sql):
+        self.log.append((self.name, sql))
+        if sql.startswith("SELECT table_name"):
+            return [["notes"]]
+        if sql.startswith("SELECT column_name"):
+            return [["id"], ["body"]]
+        if sql.startswith("SELECT COUNT(*), COALESCE"):
+            return [["3", "123456"]]
+        return []
+
+    def close(self):
+        self.log.append((self.name, "close"))
+
+
+@pytest.fixture
+def sessions(monkeypatch):
+    FakeSession.log = []
+    monkeypatch.setattr(mb, "SqlSession", FakeSession)
+    return FakeSession.log
+
+
+MCFG = {"mariadb": {"defaults_file": "/etc/multinotes-backup/mariadb.cnf", "dump_command": "mariadb-dump"}}
+
+
+def statements(log, session):
+    return [q for s, q in log if s == session and q not in ("open", "close")]
+
+
+def test_commits_are_held_from_before_the_manifest_snapshot_until_the_dump_has_its_own(sessions):
+    with mb.ConsistentManifest(MCFG, "multinotes") as snap:
+        assert statements(sessions, "holder") == [
+            f"SET SESSION lock_wait_timeout = {mb.COMMIT_HOLD_LIMIT_S}", "BACKUP STAGE START", "BACKUP STAGE BLOCK_COMMIT"]
+        assert statements(sessions, "reader") == [
+            "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ", "START TRANSACTION WITH CONSISTENT SNAPSHOT"]
+        # The reader's snapshot is opened while commits are held, not after.
+        held_at = sessions.index(("holder", "BACKUP STAGE BLOCK_COMMIT"))
+        assert sessions.index(("reader", "START TRANSACTION WITH CONSISTENT SNAPSHOT")) > held_at
+        # Connecting is before the dump's START TRANSACTION: commits stay held.
+        assert snap.on_dump_line(b"-- Connecting to localhost...\n") is True
+        assert "BACKUP STAGE END" not in statements(sessions, "holder")
+        # An error line is kept for the error message and releases nothing.
+        assert snap.on_dump_line(b"mariadb-dump: Got error: 1045\n") is False
+        assert "BACKUP STAGE END" not in statements(sessions, "holder")
+        assert snap.on_dump_line(b"-- Retrieving table structure for table notes...\n") is True
+        assert statements(sessions, "holder")[-1] == "BACKUP STAGE END"
+        snap.on_dump_line(None)  # EOF after the release: nothing more is sent
+        assert statements(sessions, "holder").count("BACKUP STAGE END") == 1
+        facts = snap.facts()
+    assert facts == {"tables": {"notes": {"rows": 3, "checksum": "123456"}}, "checksum_method": "rows-md5"}
+    # The facts were read in the reader's snapshot, after the release.
+    assert sessions.index(("reader", mb.list_tables_sql("multinotes"))) > sessions.index(("holder", "BACKUP STAGE END"))
+    assert ("reader", "close") in sessions and ("holder", "close") in sessions
+
+
+def test_a_dump_that_ends_before_its_snapshot_releases_the_commits(sessions):
+    with mb.ConsistentManifest(MCFG, "multinotes") as snap:
+        snap.on_dump_line(None)
+        assert statements(sessions, "holder")[-1] == "BACKUP STAGE END"
+
+
+def test_commits_are_never_held_past_the_limit(sessions, monkeypatch):
+    monkeypatch.setattr(mb, "COMMIT_HOLD_LIMIT_S", 0.2)
+    with mb.ConsistentManifest(MCFG, "multinotes") as snap:
+        deadline = dt.datetime.now() + dt.timedelta(seconds=5)
+        while "BACKUP STAGE END" not in statements(sessions, "holder") and dt.datetime.now() < deadline:
+            threading.Event().wait(0.02)
+        assert statements(sessions, "holder")[-1] == "BACKUP STAGE END"
+        with pytest.raises(mb.BackupError, match=r"did not open its snapshot within 0.2 s"):
+            snap.facts()
+
+
+def test_a_failure_while_taking_the_hold_closes_both_sessions(sessions, monkeypatch):
+    def refuse(self, sql):
+        self.log.append((self.name, sql))
+        if sql == "BACKUP STAGE BLOCK_COMMIT":
+            raise mb.BackupError("mariadb query failed (BACKUP ...): Access denied; you need the RELOAD privilege")
+        return []
+    monkeypatch.setattr(FakeSession, "query", refuse)
+    with pytest.raises(mb.BackupError, match="RELOAD"):
+        with mb.ConsistentManifest(MCFG, "multinotes"):
+            pass
+    assert ("reader", "close") in sessions and ("holder", "close") in sessions
+    assert "BACKUP STAGE END" not in statements(sessions, "holder")
+
+
+def test_the_row_digest_quotes_every_column_and_restores_check_the_manifests_method():
+    sql = mb.rows_md5_sql("multinotes", "no`tes", ["id", "body"])
+    assert "QUOTE(`id`), QUOTE(`body`)" in sql and "FROM `multinotes`.`no``tes`" in sql
+    asked = []
+
+    def query(sql):
+        asked.append(sql)
+        if sql.startswith("SELECT table_name"):
+            return [["notes"]]
+        if sql.startswith("CHECKSUM TABLE"):
+            return [["multinotes.notes", "999"]]
+        return [["7"]]
+    # A manifest from before checksum_method existed: checked with CHECKSUM TABLE, as it was made.
+    assert mb.table_facts(query, "multinotes", mb.LEGACY_CHECKSUM_METHOD) == {"notes": {"rows": 7, "checksum": "999"}}
+    assert any(q.startswith("CHECKSUM TABLE") for q in asked)
+    with pytest.raises(mb.BackupError, match="unknown checksum method 'sha9'"):
+        mb.table_facts(query, "multinotes", "sha9")
+
+
+def test_drain_lines_keeps_error_lines_and_signals_the_end():
+    seen = []
+    proc = subprocess.Popen(["sh", "-c", "echo '-- Connecting to x...' >&2; echo 'real error' >&2"],
+                            stderr=subprocess.PIPE)
+    buf = []
+    mb.drain_lines(proc.stderr, buf, lambda line: seen.append(line) or (line is not None and line.startswith(b"-- ")))
+    proc.wait()
+    assert buf == [b"real error\n"]
+    assert seen[-1] is None and seen[0] == b"-- Connecting to x...\n"
+
+
+FAKE_CLIENT = r'''#!/usr/bin/env python3
+import sys
+for line in sys.stdin:
+    line = line.strip().rstrip(";")
+    if line.startswith("SELECT '"):
+        print(line[len("SELECT '"):-1], flush=True)
+    elif line == "SELECT 2":
+        print("2\tb", flush=True)
+    elif line.startswith("BAD"):
+        print("ERROR 1064 (42000) at line 3: You have an error in your SQL syntax", file=sys.stderr)
+        sys.exit(1)
+'''
+
+
+def test_a_session_reads_each_result_up_to_its_marker_and_reports_the_clients_error(tmp_path):
+    client = tmp_path / "mariadb"
+    client.write_text(FAKE_CLIENT)
+    client.chmod(0o755)
+    session = mb.SqlSession({"mariadb": {"client_command": str(client)}}, None)
+    try:
+        assert session.query("SET x = 1") == []
+        assert session.query("SELECT 2;") == [["2", "b"]]
+        with pytest.raises(mb.BackupError, match=r"mariadb query failed \(BAD \.\.\.\): ERROR 1064"):
+            session.query("BAD statement")
+    finally:
+        session.close()
+    assert session.proc.poll() is not None

@@ -392,3 +392,48 @@ def test_backup_logs_reach_the_journal(backed_up, hosts):
 def test_bad_input_fails_before_any_change(bad_vars, named):
     testlib.assert_refused_before_any_change(SCENARIO / "converge.yml", limit="ops-12",
                                                    extra_vars=bad_vars, named=named)
+
+
+WRITER = ("while :; do mariadb multinotes -e 'INSERT INTO ops_writes (at) VALUES (NOW(6))' || exit 1; done")
+
+
+def test_a_backup_taken_during_writes_restores_to_its_manifest(backed_up, hosts, s3, identity):
+    """A writer commits every few milliseconds through the whole backup (as Celery beat's
+    heartbeat does on the stack): the manifest is from the dump's own moment, so the drill of
+    that backup matches it exactly, and the writer is held only for an instant."""
+    h = hosts["ops-12"]
+    h.check_output("mariadb multinotes -e 'CREATE TABLE ops_writes "
+                   "(id INT AUTO_INCREMENT PRIMARY KEY, at DATETIME(6) NOT NULL)'")
+    try:
+        h.check_output("systemd-run --unit=ops-writer sh -c %s", WRITER)
+        h.check_output("for i in $(seq 100); do [ \"$(mariadb -N multinotes -e 'SELECT COUNT(*) FROM ops_writes')\" "
+                       "-gt 20 ] && exit 0; sleep 0.1; done; exit 1")
+        started = h.check_output("mariadb -N -e 'SELECT NOW(6)'")
+        backup = h.run("multinotes-backup mariadb")
+        ended = h.check_output("mariadb -N -e 'SELECT NOW(6)'")
+        assert backup.rc == 0, backup.stderr
+        assert h.service("ops-writer").is_running, "the writer died during the backup"
+    finally:
+        h.run("systemctl stop ops-writer")
+    try:
+        # The writer went on during the backup: its longest pause is the hold (plus its own step).
+        gaps = ("SELECT COUNT(*), COALESCE(MAX(gap), 0) FROM (SELECT at, TIMESTAMPDIFF(MICROSECOND, "
+                "LAG(at) OVER (ORDER BY id), at) / 1e6 AS gap FROM ops_writes) w "
+                f"WHERE at BETWEEN '{started}' AND '{ended}'")
+        during, pause = h.check_output("mariadb -N multinotes -e %s", gaps).split()
+        print(f"backup during writes: {during} commits during the backup, longest pause {float(pause):.3f} s")
+        assert int(during) >= 3, "the writer did not write during the backup"
+        assert float(pause) < 2.0, f"commits were held {pause} s"
+        latest = json.loads(s3.check_output("cat %s/latest.json", prefix_dir("ops-12")))
+        manifest = json.loads(s3.check_output("cat %s/%s.manifest.json", prefix_dir("ops-12"), latest["stamp"]))
+        assert manifest["checksum_method"] == "rows-md5"
+        rc, out, _ = testlib.run_playbook(PROJECT / "playbooks/restore.yml", limit="ops-12",
+                                          extra_vars={"backup_restore_identity": identity})
+        assert rc == 0, out
+        drill = json.loads(h.check_output("cat /var/lib/multinotes-backup/last-drill.json"))
+        assert drill["result"] == "pass" and drill["stamp"] == latest["stamp"], drill
+        in_drill = int(h.check_output("mariadb -N -e 'SELECT COUNT(*) FROM multinotes_drill.ops_writes'"))
+        live = int(h.check_output("mariadb -N -e 'SELECT COUNT(*) FROM multinotes.ops_writes'"))
+        assert in_drill == manifest["tables"]["ops_writes"]["rows"] < live, (in_drill, live)
+    finally:
+        h.run("mariadb multinotes -e 'DROP TABLE IF EXISTS ops_writes'")

@@ -142,8 +142,20 @@ def drain(stream, buf):
         buf.append(chunk)
 
 
-def pipeline(cfg, source_argv, env=None):
-    """source | compress | age -r ..., returning the processes and the output stream."""
+def drain_lines(stream, buf, on_line):
+    """drain(), line by line: `on_line(line)` sees each line and keeps it out of the error
+    buffer by returning True; `on_line(None)` at EOF."""
+    try:
+        for line in iter(stream.readline, b""):
+            if not on_line(line):
+                buf.append(line)
+    finally:
+        on_line(None)
+
+
+def pipeline(cfg, source_argv, env=None, on_source_line=None):
+    """source | compress | age -r ..., returning the processes and the output stream.
+    `on_source_line`, if given, reads the source's stderr line by line (see drain_lines)."""
     comp = cfg["compress"]
     compress_argv = ["zstd", f"-{comp['level']}", "-q", "-c", "-T0"] if comp["tool"] == "zstd" else \
         ["gzip", f"-{comp['level']}", "-c"]
@@ -158,7 +170,10 @@ def pipeline(cfg, source_argv, env=None):
     cmp_.stdout.close()
     for name, proc in ((source_argv[0], src), (compress_argv[0], cmp_), ("age", enc)):
         buf = []
-        threading.Thread(target=drain, args=(proc.stderr, buf), daemon=True).start()
+        if proc is src and on_source_line:
+            threading.Thread(target=drain_lines, args=(proc.stderr, buf, on_source_line), daemon=True).start()
+        else:
+            threading.Thread(target=drain, args=(proc.stderr, buf), daemon=True).start()
         procs.append((name, proc, buf))
     return procs, enc.stdout
 
@@ -174,14 +189,15 @@ def base_prefix(cfg, store, name):
     return "/".join(p for p in (cfg["s3"]["prefix"].strip("/"), store, name) if p)
 
 
-def upload_stream(cfg, client, store, name, ext, source_argv, manifest, env=None):
-    """Upload one backup; the manifest and then the latest pointer only after it verified."""
+def upload_stream(cfg, client, store, name, ext, source_argv, manifest, env=None, on_source_line=None):
+    """Upload one backup; the manifest and then the latest pointer only after it verified.
+    `manifest` is a dict, or a function returning one, called once the upload is complete."""
     bucket = cfg["s3"]["bucket"]
     stamp = dt.datetime.now(dt.timezone.utc).strftime(STAMP)
     prefix = base_prefix(cfg, store, name)
     key = f"{prefix}/{stamp}.{ext}"
     manifest_key = f"{prefix}/{stamp}.manifest.json"
-    procs, out = pipeline(cfg, source_argv, env=env)
+    procs, out = pipeline(cfg, source_argv, env=env, on_source_line=on_source_line)
     reader = HashingReader(out, procs)
     from boto3.s3.transfer import TransferConfig
 
@@ -191,6 +207,7 @@ def upload_stream(cfg, client, store, name, ext, source_argv, manifest, env=None
         head = client.head_object(Bucket=bucket, Key=key)
         if head["ContentLength"] != reader.size:
             raise BackupError(f"uploaded {key} is {head['ContentLength']} bytes, streamed {reader.size}")
+        manifest = dict(manifest() if callable(manifest) else manifest)
         manifest.update({"store": store, "name": name, "stamp": stamp, "key": key,
                          "size": reader.size, "sha256": reader.sha256.hexdigest(),
                          "compress": cfg["compress"]["tool"], "encryption": "age",
@@ -233,29 +250,174 @@ def quote_ident(name):
     return "`" + name.replace("`", "``") + "`"
 
 
-def table_facts(cfg, database, defaults_file):
-    """Row count and CHECKSUM TABLE of every base table of `database`."""
-    tables = [row[0] for row in mariadb_query(
-        cfg, "SELECT table_name FROM information_schema.tables WHERE table_schema = "
-             f"'{database}' AND table_type = 'BASE TABLE' ORDER BY table_name", defaults_file)]
+# How a table's content is summed up in the manifest and checked after a restore.
+# rows-md5: COUNT(*) and the sum of the first 60 bits of each row's MD5, one consistent
+# read (it can run inside a snapshot, unlike CHECKSUM TABLE). Manifests written before it
+# carry no "checksum_method": they are checked with CHECKSUM TABLE, as they were made.
+CHECKSUM_METHOD = "rows-md5"
+LEGACY_CHECKSUM_METHOD = "checksum-table"
+
+
+def list_tables_sql(database):
+    return ("SELECT table_name FROM information_schema.tables WHERE table_schema = "
+            f"'{database}' AND table_type = 'BASE TABLE' ORDER BY table_name")
+
+
+def columns_sql(database, table):
+    return ("SELECT column_name FROM information_schema.columns WHERE table_schema = "
+            f"'{database}' AND table_name = '{table}' ORDER BY ordinal_position")
+
+
+def rows_md5_sql(database, table, columns):
+    """COUNT(*) and an order-independent sum of per-row digests. QUOTE() makes each row's
+    text unambiguous: every value a quoted, escaped literal, NULL the bare word."""
+    row = "CONCAT_WS(',', " + ", ".join(f"QUOTE({quote_ident(c)})" for c in columns) + ")"
+    return (f"SELECT COUNT(*), COALESCE(SUM(CAST(CONV(LEFT(MD5({row}), 15), 16, 10) AS UNSIGNED)), 0) "
+            f"FROM {quote_ident(database)}.{quote_ident(table)}")
+
+
+def table_facts(query, database, method=CHECKSUM_METHOD):
+    """Row count and checksum of every base table of `database`; `query(sql)` returns rows."""
     facts = {}
-    for table in tables:
+    for (table, *_rest) in query(list_tables_sql(database)):
         ident = f"{quote_ident(database)}.{quote_ident(table)}"
-        count = mariadb_query(cfg, f"SELECT COUNT(*) FROM {ident}", defaults_file)[0][0]
-        checksum = mariadb_query(cfg, f"CHECKSUM TABLE {ident}", defaults_file)[0][1]
+        if method == LEGACY_CHECKSUM_METHOD:
+            count = query(f"SELECT COUNT(*) FROM {ident}")[0][0]
+            checksum = query(f"CHECKSUM TABLE {ident}")[0][1]
+        elif method == CHECKSUM_METHOD:
+            columns = [row[0] for row in query(columns_sql(database, table))]
+            count, checksum = query(rows_md5_sql(database, table, columns))[0][:2]
+        else:
+            raise BackupError(f"unknown checksum method {method!r} in the manifest")
         facts[table] = {"rows": int(count), "checksum": checksum}
     return facts
+
+
+class SqlSession:
+    """One client session kept open over a pipe: a transaction or a backup lock lives as
+    long as it does. Each query is followed by a marker row, so its result ends there."""
+
+    MARK = "multinotes-backup:end-of-result"
+
+    def __init__(self, cfg, defaults_file):
+        argv = [cfg["mariadb"]["client_command"]]
+        if defaults_file:
+            argv.append(f"--defaults-extra-file={defaults_file}")
+        self.proc = subprocess.Popen(argv + ["--batch", "--skip-column-names", "--unbuffered"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+
+    def query(self, sql):
+        try:
+            self.proc.stdin.write(f"{sql.strip().rstrip(';')};\nSELECT '{self.MARK}';\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass
+        rows = []
+        for line in self.proc.stdout:
+            line = line.rstrip("\n")
+            if line == self.MARK:
+                return rows
+            rows.append(line.split("\t"))
+        self.proc.wait()
+        raise BackupError(f"mariadb query failed ({sql.split()[0]} ...): {self.proc.stderr.read().strip()}")
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+
+
+# The dump's verbose lines that it prints only once its START TRANSACTION WITH CONSISTENT
+# SNAPSHOT has run (client/mysqldump.c: main() starts the transaction before any table).
+DUMP_SNAPSHOT_TAKEN = (b"-- Retrieving ", b"-- Sending SELECT", b"-- Skipping ", b"-- Disconnecting")
+# Commits wait at most this long for the dump to open its snapshot; past it the backup fails.
+COMMIT_HOLD_LIMIT_S = 10
+
+
+class ConsistentManifest:
+    """The manifest's row counts and checksums, from the moment the dump reads.
+
+    mariadb-dump --single-transaction reads in a snapshot of its own: counting in another
+    session before or after it races every commit in between (a heartbeat row written
+    between the two made a restore drill differ from its manifest). So one session holds
+    commits (BACKUP STAGE BLOCK_COMMIT, the RELOAD privilege, as mariadb-backup does) while
+    a second opens its snapshot and the dump opens its own; then commits go on, and the
+    facts are read in the second session's snapshot, the same commits the dump saw.
+    Commits wait while the dump connects: milliseconds, never more than COMMIT_HOLD_LIMIT_S.
+    """
+
+    def __init__(self, cfg, database):
+        self.cfg, self.database = cfg, database
+        defaults = cfg["mariadb"]["defaults_file"]
+        self.lock, self.held, self.expired, self.error = threading.Lock(), False, False, None
+        self.holder, self.reader = SqlSession(cfg, defaults), SqlSession(cfg, defaults)
+        self.timer = threading.Timer(COMMIT_HOLD_LIMIT_S, self.release, kwargs={"expired": True})
+        self.timer.daemon = True
+
+    def __enter__(self):
+        try:
+            self.holder.query(f"SET SESSION lock_wait_timeout = {COMMIT_HOLD_LIMIT_S}")
+            self.holder.query("BACKUP STAGE START")
+            self.holder.query("BACKUP STAGE BLOCK_COMMIT")
+            self.held = True
+            self.timer.start()
+            self.reader.query("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            self.reader.query("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def release(self, expired=False):
+        with self.lock:
+            if not self.held:
+                return
+            self.held, self.expired = False, expired
+            self.timer.cancel()
+            try:
+                self.holder.query("BACKUP STAGE END")
+            except BackupError as exc:
+                self.error = str(exc)
+                self.holder.close()  # a session that is gone holds nothing
+
+    def on_dump_line(self, line):
+        """drain_lines' callback for the dump's stderr: release at its snapshot (or its end)."""
+        if line is None or line.startswith(DUMP_SNAPSHOT_TAKEN):
+            self.release()
+        return line is not None and line.startswith(b"-- ")
+
+    def facts(self):
+        if self.expired:
+            raise BackupError(f"{self.cfg['mariadb']['dump_command']} did not open its snapshot within "
+                              f"{COMMIT_HOLD_LIMIT_S} s of commits being held; the manifest could not "
+                              f"be made consistent with the dump")
+        if self.error:
+            raise BackupError(f"releasing the commits held for the manifest failed: {self.error}")
+        return {"tables": table_facts(self.reader.query, self.database), "checksum_method": CHECKSUM_METHOD}
+
+    def __exit__(self, *exc):
+        try:
+            self.release()
+        finally:
+            self.reader.close()
+            self.holder.close()
 
 
 def backup_mariadb(cfg, client):
     m = cfg["mariadb"]
     with Lock(cfg, "mariadb"):
         for database in m["databases"]:
-            manifest = {"tables": table_facts(cfg, database, m["defaults_file"])}
             argv = [m["dump_command"], f"--defaults-extra-file={m['defaults_file']}",
-                    "--single-transaction", "--quick", "--routines", "--triggers", "--events",
+                    "--single-transaction", "--verbose", "--quick", "--routines", "--triggers", "--events",
                     "--hex-blob", "--default-character-set=utf8mb4", database]
-            upload_stream(cfg, client, "mariadb", database, "sql." + ext_of(cfg) + ".age", argv, manifest)
+            with ConsistentManifest(cfg, database) as snapshot:
+                upload_stream(cfg, client, "mariadb", database, "sql." + ext_of(cfg) + ".age", argv,
+                              snapshot.facts, on_source_line=snapshot.on_dump_line)
             prune(cfg, client, "mariadb", database)
 
 
@@ -471,7 +633,8 @@ def restore_mariadb(cfg, client, args):
                                f"CREATE DATABASE {quote_ident(args.target)} CHARACTER SET utf8mb4", defaults)
         sink = [cfg["mariadb"]["client_command"]] + ([f"--defaults-extra-file={defaults}"] if defaults else []) + [args.target]
         decrypt_into(cfg, client, manifest, args.identity, sink)
-        restored = table_facts(cfg, args.target, defaults)
+        restored = table_facts(lambda sql: mariadb_query(cfg, sql, defaults), args.target,
+                               manifest.get("checksum_method", LEGACY_CHECKSUM_METHOD))
         mismatches = {t: {"backup": f, "restored": restored.get(t)}
                       for t, f in manifest["tables"].items() if restored.get(t) != f}
         extra = sorted(set(restored) - set(manifest["tables"]))
