@@ -220,6 +220,8 @@ class FakeSession:
             return [["id"], ["body"]]
         if sql.startswith("SELECT COUNT(*), COALESCE"):
             return [["3", "123456"]]
+        if sql.startswith("SELECT @@GLOBAL.gtid_binlog_pos"):
+            return [["0-1-42", "1"]]
         return []
 
     def close(self):
@@ -243,7 +245,8 @@ def statements(log, session):
 def test_commits_are_held_from_before_the_manifest_snapshot_until_the_dump_has_its_own(sessions):
     with mb.ConsistentManifest(MCFG, "multinotes") as snap:
         assert statements(sessions, "holder") == [
-            f"SET SESSION lock_wait_timeout = {mb.COMMIT_HOLD_LIMIT_S}", "BACKUP STAGE START", "BACKUP STAGE BLOCK_COMMIT"]
+            f"SET SESSION lock_wait_timeout = {mb.COMMIT_HOLD_LIMIT_S}", "BACKUP STAGE START", "BACKUP STAGE BLOCK_COMMIT",
+            "SELECT @@GLOBAL.gtid_binlog_pos, @@GLOBAL.log_bin"]
         assert statements(sessions, "reader") == [
             "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ", "START TRANSACTION WITH CONSISTENT SNAPSHOT"]
         # The reader's snapshot is opened while commits are held, not after.
@@ -260,7 +263,9 @@ def test_commits_are_held_from_before_the_manifest_snapshot_until_the_dump_has_i
         snap.on_dump_line(None)  # EOF after the release: nothing more is sent
         assert statements(sessions, "holder").count("BACKUP STAGE END") == 1
         facts = snap.facts()
-    assert facts == {"tables": {"notes": {"rows": 3, "checksum": "123456"}}, "checksum_method": "rows-md5"}
+    # The binary log position is read while commits are held: the position of both snapshots.
+    assert facts == {"tables": {"notes": {"rows": 3, "checksum": "123456"}}, "checksum_method": "rows-md5",
+                     "binlog": {"enabled": True, "gtid_binlog_pos": "0-1-42"}}
     # The facts were read in the reader's snapshot, after the release.
     assert sessions.index(("reader", mb.list_tables_sql("multinotes"))) > sessions.index(("holder", "BACKUP STAGE END"))
     assert ("reader", "close") in sessions and ("holder", "close") in sessions

@@ -404,6 +404,7 @@ def test_a_backup_taken_during_writes_restores_to_its_manifest(backed_up, hosts,
     h = hosts["ops-12"]
     h.check_output("mariadb multinotes -e 'CREATE TABLE ops_writes "
                    "(id INT AUTO_INCREMENT PRIMARY KEY, at DATETIME(6) NOT NULL)'")
+    created_at = h.check_output("mariadb -N -e 'SELECT @@GLOBAL.gtid_binlog_pos'")
     try:
         h.check_output("systemd-run --unit=ops-writer sh -c %s", WRITER)
         h.check_output("for i in $(seq 100); do [ \"$(mariadb -N multinotes -e 'SELECT COUNT(*) FROM ops_writes')\" "
@@ -427,6 +428,14 @@ def test_a_backup_taken_during_writes_restores_to_its_manifest(backed_up, hosts,
         latest = json.loads(s3.check_output("cat %s/latest.json", prefix_dir("ops-12")))
         manifest = json.loads(s3.check_output("cat %s/%s.manifest.json", prefix_dir("ops-12"), latest["stamp"]))
         assert manifest["checksum_method"] == "rows-md5"
+        # The binary log position in the manifest is the dump's moment: each of the writer's
+        # rows is one transaction, so exactly the rows in the manifest were committed between
+        # the table's creation and that position (where a point-in-time replay starts).
+        domain, server, created_seq = created_at.split("-")
+        assert manifest["binlog"]["enabled"] is True, manifest["binlog"]
+        d, srv, seq = manifest["binlog"]["gtid_binlog_pos"].split("-")
+        assert (d, srv) == (domain, server)
+        assert int(seq) - int(created_seq) == manifest["tables"]["ops_writes"]["rows"], (manifest["binlog"], created_at)
         rc, out, _ = testlib.run_playbook(PROJECT / "playbooks/restore.yml", limit="ops-12",
                                           extra_vars={"backup_restore_identity": identity})
         assert rc == 0, out

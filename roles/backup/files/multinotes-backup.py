@@ -365,6 +365,10 @@ class ConsistentManifest:
             self.holder.query("BACKUP STAGE START")
             self.holder.query("BACKUP STAGE BLOCK_COMMIT")
             self.held = True
+            # No commit until the release: this is the binary log position of both snapshots,
+            # where a point-in-time replay of the binlogs after this dump starts.
+            gtid, log_bin = self.holder.query("SELECT @@GLOBAL.gtid_binlog_pos, @@GLOBAL.log_bin")[0][:2]
+            self.binlog = {"enabled": log_bin == "1", "gtid_binlog_pos": gtid}
             self.timer.start()
             self.reader.query("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             self.reader.query("START TRANSACTION WITH CONSISTENT SNAPSHOT")
@@ -398,7 +402,8 @@ class ConsistentManifest:
                               f"be made consistent with the dump")
         if self.error:
             raise BackupError(f"releasing the commits held for the manifest failed: {self.error}")
-        return {"tables": table_facts(self.reader.query, self.database), "checksum_method": CHECKSUM_METHOD}
+        return {"tables": table_facts(self.reader.query, self.database), "checksum_method": CHECKSUM_METHOD,
+                "binlog": self.binlog}
 
     def __exit__(self, *exc):
         try:
