@@ -362,3 +362,60 @@ def test_install_refuses_what_is_not_an_unpacked_release(tmp_path):
     (tmp_path / "srv" / "releases" / R1).mkdir(parents=True)
     with pytest.raises(release.Refused, match="not an unpacked release"):
         host.install(R1)
+
+
+def test_a_fresh_slot_is_warmed_by_concurrent_health_checks_one_per_worker(tmp_path, monkeypatch):
+    """After the gate, every worker should have answered once before a user reaches it:
+    WARM_ROUNDS rounds of as many concurrent checks as the master has workers."""
+    import threading
+    import time as _time
+
+    host = release.Host(release.validate_settings(settings(tmp_path)))
+    lock, live, seen = threading.Lock(), [0], {"max": 0, "asked": 0}
+
+    def ask(slot, timeout):
+        with lock:
+            live[0] += 1
+            seen["max"], seen["asked"] = max(seen["max"], live[0]), seen["asked"] + 1
+        _time.sleep(0.05)
+        with lock:
+            live[0] -= 1
+        return 200, json.dumps({"status": "ok", "version": "2.0.0"})
+    monkeypatch.setattr(host, "ask", ask)
+    monkeypatch.setattr(host, "slot_workers", lambda slot: 5)
+    monkeypatch.setattr(host, "version_of", lambda r: "2.0.0")
+    assert host.warm("green", R2, _time.monotonic() + 10) == 5 * release.WARM_ROUNDS
+    assert seen == {"max": 5, "asked": 5 * release.WARM_ROUNDS}
+
+
+def test_a_slot_that_fails_while_being_warmed_never_gets_traffic(tmp_path, monkeypatch):
+    import time as _time
+
+    host = release.Host(release.validate_settings(settings(tmp_path)))
+    answers = iter([(200, json.dumps({"status": "ok", "version": "2.0.0"}))] * 3 + [(503, '{"status": "error"}')] * 20)
+    monkeypatch.setattr(host, "ask", lambda slot, timeout: next(answers))
+    monkeypatch.setattr(host, "slot_workers", lambda slot: 4)
+    monkeypatch.setattr(host, "version_of", lambda r: "2.0.0")
+    monkeypatch.setattr(host, "slot_journal", lambda slot: "worker 7 died")
+    with pytest.raises(release.Failed, match=r"passed the gate, then failed under 4 concurrent health checks: .*503.*worker 7 died"):
+        host.warm("green", R2, _time.monotonic() + 10)
+
+
+def test_the_workers_of_a_slot_are_the_children_of_its_master(tmp_path, monkeypatch):
+    import time as _time
+
+    master = subprocess.Popen(["sh", "-c", "sleep 30 & sleep 30 & sleep 30 & wait"])
+    try:
+        host = release.Host(release.validate_settings(settings(tmp_path)))
+        monkeypatch.setattr(host, "slot_unit_state", lambda slot, props=None: {"MainPID": str(master.pid)})
+        for _ in range(50):
+            if host.slot_workers("green") == 3:
+                break
+            _time.sleep(0.05)
+        assert host.slot_workers("green") == 3
+        monkeypatch.setattr(host, "slot_unit_state", lambda slot, props=None: {"MainPID": "0"})
+        assert host.slot_workers("green") == 0
+    finally:
+        subprocess.run(["pkill", "-P", str(master.pid)])
+        master.kill()
+        master.wait()

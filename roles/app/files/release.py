@@ -22,9 +22,11 @@ running the release its link <app_root>/slots/<slot> points at. `switch` on a we
    here, a slot that is not one of the two or is the live one, a gate timeout below 1 s;
 2. starts the idle slot on the release (a warm slot already on it is reused as it is);
 3. gates it on ITS OWN socket: 200 on the health path with "status": "ok" and the
-   release's version, before it gets any traffic. On failure the idle slot is stopped,
-   the live slot was never touched, and the command exits 1 naming the release and what
-   the gate saw (the last answer, or the slot's last log lines);
+   release's version, before it gets any traffic; then warms it: rounds of as many
+   concurrent health checks as the master has workers, so that no worker meets its first
+   request (URLconf import, database and Redis connections) from a user. On failure the
+   idle slot is stopped, the live slot was never touched, and the command exits 1 naming
+   the release and what the gate saw (the last answer, or the slot's last log lines);
 4. writes the nginx include naming the slot's socket, tests the whole nginx tree with
    it, renames it into place and reloads nginx (graceful: old workers finish their
    requests, bounded by worker_shutdown_timeout);
@@ -55,6 +57,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 DEFAULT_SETTINGS = "/etc/multinotes/release.json"
@@ -64,6 +67,8 @@ SLOT_NAME = re.compile(r"^[a-z][a-z0-9]{0,15}$")
 INCLUDE_SERVER = re.compile(r"^\s*server\s+unix:(\S+?)(?:\s|;)", re.MULTILINE)
 EXIT_REFUSED = 2
 EXIT_FAILED = 1
+# Rounds of concurrent health checks that warm a fresh slot's workers (see Host.warm).
+WARM_ROUNDS = 3
 
 
 class Refused(Exception):
@@ -398,8 +403,8 @@ class Host:
             said += error_lines(tail)[-2:]
         return " | ".join(said) or "nothing"
 
-    def slot_unit_state(self, slot):
-        out = _run(["systemctl", "show", "-p", "ActiveState,SubState,NRestarts", self.unit(slot, "service")], check=False).stdout
+    def slot_unit_state(self, slot, props="ActiveState,SubState,NRestarts"):
+        out = _run(["systemctl", "show", "-p", props, self.unit(slot, "service")], check=False).stdout
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
     def ask(self, slot, timeout):
@@ -443,6 +448,34 @@ class Host:
                 raise Failed(f"release {release}: slot {slot} did not answer healthy on version {version} within "
                              f"{timeout:g} s; the gate saw: {seen}; its log: {self.slot_journal(slot)}")
             time.sleep(0.2)
+
+    def slot_workers(self, slot):
+        """How many workers the slot's gunicorn master has forked (0 when not known)."""
+        pid = self.slot_unit_state(slot, props="MainPID").get("MainPID", "0")
+        try:
+            return len((Path("/proc") / pid / "task" / pid / "children").read_text().split())
+        except OSError:
+            return 0
+
+    def warm(self, slot, release, deadline):
+        """Each worker of a freshly started slot answers before nginx sends it a user: the
+        gate reached one worker, and the others' first request (the URLconf imported, the
+        database and Redis connections opened) took 1.5 s in CI on a loaded machine, right at
+        the switch. Concurrent requests spread over the workers; WARM_ROUNDS rounds of as
+        many as there are workers reach each of them with high probability. Each answer is
+        judged as the gate's; returns how many were asked."""
+        workers = max(1, self.slot_workers(slot))
+        version = self.version_of(release)
+        with ThreadPoolExecutor(workers) as pool:
+            for _ in range(WARM_ROUNDS):
+                answers = list(pool.map(
+                    lambda _: self.ask(slot, timeout=max(1.0, deadline - time.monotonic())), range(workers)))
+                for status, body in answers:
+                    ok, seen = evaluate_gate(status, body, version)
+                    if not ok:
+                        raise Failed(f"release {release}: slot {slot} passed the gate, then failed under "
+                                     f"{workers} concurrent health checks: {seen}; its log: {self.slot_journal(slot)}")
+        return workers * WARM_ROUNDS
 
     def version_of(self, release):
         env = self.root / "releases" / release / "release.env"
@@ -549,8 +582,12 @@ class Host:
         if not plan["reuse"]:
             self.start_slot(slot, target)
         try:
+            deadline = time.monotonic() + timeout
             result["gate"] = self.gate(slot, target, timeout)
             step("start_and_gate" if not plan["reuse"] else "gate_warm_slot")
+            if not plan["reuse"]:
+                result["warmed"] = self.warm(slot, target, deadline)
+                step("warm")
             before = self.nginx_point(slot)
             step("nginx_test_and_reload")
         except Failed:
@@ -560,9 +597,10 @@ class Host:
         _replace_link(self.slots_dir / "live", slot)
         self.set_links(target, state["current"])
         units = [self.unit(slot, "socket"), self.unit(slot, "service")]
-        # `enable` reloads systemd's units: costly on a busy host, so only when needed.
+        # Enabled for the next boot only: --no-reload, since the units are loaded and running
+        # (a daemon-reload here, right after the switch, was a CPU burst on a busy host).
         if _run(["systemctl", "is-enabled", "--quiet", *units], check=False).returncode != 0:
-            _run(["systemctl", "enable", "--quiet", *units])
+            _run(["systemctl", "enable", "--quiet", "--no-reload", *units])
         result["switched_seconds"] = round(time.monotonic() - started, 2)
         result["celery_restart"] = self.restart_units()
         step("links_and_restarts")
