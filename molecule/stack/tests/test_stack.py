@@ -144,6 +144,16 @@ class Load:
             gaps = [(a, b) for a, b in gaps if b >= first - window and a <= first + window]
         return max((b - a for a, b in gaps), default=float("inf"))
 
+    def longest_gap_offset(self, around, window=5.0):
+        """Where the longest gap near the switch starts, in s from the first answer of `around`
+        (negative: before it), so a failure says whether it was the switch or what followed."""
+        first = self._first(around)
+        gaps = [(a, b) for a, b in self._gaps() if first is not None and b >= first - window and a <= first + window]
+        if not gaps:
+            return None
+        a, _ = max(gaps, key=lambda g: g[1] - g[0])
+        return a - first
+
     def longest_gap_before(self, around, window=5.0, lead=10.0):
         """The longest stretch in the `lead` s before that window: the same playbook, the same
         machine load, the release being started and gated in the idle slot, no switch yet."""
@@ -158,6 +168,9 @@ class Load:
                 f"longest gap between two successful answers {self.longest_gap():.3f} s, slowest answer {self.slowest:.2f} s")
         if switched_to:
             line += f", longest gap within 5 s of the switch to {switched_to} {self.longest_gap(around=switched_to):.3f} s"
+            offset = self.longest_gap_offset(switched_to)
+            if offset is not None:
+                line += f" (starting {offset:+.2f} s from its first answer)"
         print(line)
         with open(EPHEMERAL / "release-figures.txt", "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
