@@ -132,23 +132,25 @@ class Load:
     def _first(self, version):
         return min((t for t, v in self.ok_at if v == version), default=None)
 
+    def _gaps_near(self, around, window):
+        """The gaps that overlap `window` s either side of the first answer from `around`,
+        and that answer's time (None, [] when that version never answered)."""
+        first = self._first(around)
+        if first is None:
+            return None, []
+        return first, [(a, b) for a, b in self._gaps() if b >= first - window and a <= first + window]
+
     def longest_gap(self, around=None, window=5.0):
         """Seconds of the longest stretch without a successful answer; with `around` (a
         version), of the stretches that overlap `window` s either side of the first answer
         from that version (the switch: the old design's restart pause ended right there)."""
-        gaps = self._gaps()
-        if around is not None:
-            first = self._first(around)
-            if first is None:
-                return float("inf")
-            gaps = [(a, b) for a, b in gaps if b >= first - window and a <= first + window]
+        gaps = self._gaps() if around is None else self._gaps_near(around, window)[1]
         return max((b - a for a, b in gaps), default=float("inf"))
 
     def longest_gap_offset(self, around, window=5.0):
         """Where the longest gap near the switch starts, in s from the first answer of `around`
         (negative: before it), so a failure says whether it was the switch or what followed."""
-        first = self._first(around)
-        gaps = [(a, b) for a, b in self._gaps() if first is not None and b >= first - window and a <= first + window]
+        first, gaps = self._gaps_near(around, window)
         if not gaps:
             return None
         a, _ = max(gaps, key=lambda g: g[1] - g[0])

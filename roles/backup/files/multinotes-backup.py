@@ -233,11 +233,13 @@ def upload_stream(cfg, client, store, name, ext, source_argv, manifest, env=None
 
 # --- MariaDB -------------------------------------------------------------------------
 
+def client_argv(cfg, defaults_file=None):
+    """The mariadb client, with the defaults file when there is one (none: root's socket)."""
+    return [cfg["mariadb"]["client_command"]] + ([f"--defaults-extra-file={defaults_file}"] if defaults_file else [])
+
+
 def mariadb_query(cfg, sql, defaults_file=None, database=None):
-    argv = [cfg["mariadb"]["client_command"]]
-    if defaults_file:
-        argv.append(f"--defaults-extra-file={defaults_file}")
-    argv += ["--batch", "--skip-column-names", "-e", sql]
+    argv = client_argv(cfg, defaults_file) + ["--batch", "--skip-column-names", "-e", sql]
     if database:
         argv.append(database)
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=3600)
@@ -300,10 +302,7 @@ class SqlSession:
     MARK = "multinotes-backup:end-of-result"
 
     def __init__(self, cfg, defaults_file):
-        argv = [cfg["mariadb"]["client_command"]]
-        if defaults_file:
-            argv.append(f"--defaults-extra-file={defaults_file}")
-        self.proc = subprocess.Popen(argv + ["--batch", "--skip-column-names", "--unbuffered"],
+        self.proc = subprocess.Popen(client_argv(cfg, defaults_file) + ["--batch", "--skip-column-names", "--unbuffered"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
 
@@ -636,7 +635,7 @@ def restore_mariadb(cfg, client, args):
         if args.target not in cfg["mariadb"]["databases"]:
             mariadb_query(cfg, f"DROP DATABASE IF EXISTS {quote_ident(args.target)}; "
                                f"CREATE DATABASE {quote_ident(args.target)} CHARACTER SET utf8mb4", defaults)
-        sink = [cfg["mariadb"]["client_command"]] + ([f"--defaults-extra-file={defaults}"] if defaults else []) + [args.target]
+        sink = client_argv(cfg, defaults) + [args.target]
         decrypt_into(cfg, client, manifest, args.identity, sink)
         restored = table_facts(lambda sql: mariadb_query(cfg, sql, defaults), args.target,
                                manifest.get("checksum_method", LEGACY_CHECKSUM_METHOD))
