@@ -78,11 +78,14 @@ def assert_active(h, unit):
     assert svc.is_enabled, f"{unit} is not enabled on {h.backend.hostname}"
 
 
-def run_playbook(playbook, *, limit, extra_vars=None, check=False):
-    """Run ansible-playbook against the scenario's inventory; returns (rc, output, recap)."""
+def run_playbook(playbook, *, limit, extra_vars=None, check=False, tags=None):
+    """Run ansible-playbook against the scenario's inventory; returns (rc, output, recap).
+    `tags`: only the tasks with one of these tags (and `always`)."""
     cmd = ["ansible-playbook", "-i", inventory(), "--limit", limit, str(playbook)]
     if extra_vars is not None:
         cmd += ["-e", json.dumps(extra_vars)]
+    if tags:
+        cmd += ["--tags", ",".join(tags)]
     if check:
         cmd.append("--check")
     env = dict(os.environ,

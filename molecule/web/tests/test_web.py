@@ -337,6 +337,31 @@ def test_api_gets_429_per_client_beyond_its_burst(web, host):
     assert web[PEER[host]].check_output(peer) == "200"
 
 
+def test_an_exempt_source_skips_the_limits_outside_production_only(web):
+    """A capacity test's allow-list entry (nginx_limit_exempt_sources): on a staging host
+    loopback's 60 API requests all pass while the peer stays limited; converged back
+    without it, loopback gets 429 again. Production refuses it (the bad-input cases)."""
+    host = "web-13"
+    apex = APEX[host]
+    urls = [arg for i in range(60) for arg in ("-o", "/dev/null", f"https://{apex}/api/notes/{i}/")]
+    burst = sh("curl", "-sk", "--resolve", f"{apex}:443:127.0.0.1", "-w", "%{http_code} ", *urls)
+    peer_burst = sh("curl", "-sk", "-w", "%{http_code} ", *urls)
+
+    def converge(extra_vars):
+        rc, out, recap = testlib.run_playbook(SCENARIO / "converge.yml", limit=host, extra_vars=extra_vars,
+                                              tags=["nginx_packages", "nginx_config"])
+        assert rc == 0 and recap[host]["failed"] == 0, out
+
+    converge({"multinotes_environment": "staging", "nginx_limit_exempt_sources": ["127.0.0.1"]})
+    try:
+        codes = web[host].check_output(burst).split()
+        assert codes == ["200"] * 60, codes
+        assert "429" in web[PEER[host]].check_output(peer_burst).split()
+    finally:
+        converge({})
+    assert "429" in web[host].check_output(burst).split()
+
+
 @pytest.mark.parametrize("host", HOSTS)
 @pytest.mark.parametrize("mib,status", [(249, 200), (251, 413)])
 def test_upload_size_limit(client, host, mib, status):
@@ -503,6 +528,17 @@ def test_a_config_logrotate_rejects_never_replaces_the_installed_one(web):
 @testlib.batched(lambda bad_vars, **_: dict(playbook=SCENARIO / "converge.yml", limit="web-12", extra_vars=bad_vars))
 def test_bad_input_fails_before_any_change(batched_run, bad_vars, named):
     testlib.assert_refused(batched_run, limit="web-12", named=named)
+
+
+@pytest.mark.parametrize("bad_vars,says", [
+    ({"nginx_limit_exempt_sources": ["10.0.0.5"]}, "in production: an address there skips the login and API rate limits"),
+    ({"multinotes_environment": "staging", "nginx_limit_exempt_sources": ["loadgen"]},
+     "which is not an IPv4/IPv6 address or CIDR network"),
+], ids=["in-production", "not-an-address"])
+@testlib.batched(lambda bad_vars, **_: dict(playbook=SCENARIO / "converge.yml", limit="web-12", extra_vars=bad_vars))
+def test_a_rate_limit_exemption_is_refused_in_production_or_when_not_an_address(batched_run, bad_vars, says):
+    out = testlib.assert_refused(batched_run, limit="web-12", named="nginx_limit_exempt_sources")
+    assert says in " ".join(out.split()), out
 
 
 @pytest.mark.parametrize("host", HOSTS)
