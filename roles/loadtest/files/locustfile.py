@@ -21,6 +21,11 @@ LOADTEST_RESOLVE          "name=address,...": like curl --resolve, for names the
 LOADTEST_TIMEOUT          seconds before a request counts as a timeout
 LOADTEST_STAGES           JSON [[seconds, users, spawn_rate], ...]: a staged run (spike:
                           ramp, sustain, recover) instead of --users/--run-time
+LOADTEST_WAIT             "min,max" seconds each user waits between requests (default 1,3;
+                          the capacity scenario: 0,0, a closed loop)
+LOADTEST_CAPACITY         JSON {"steps": [users, ...], "step_s", "warmup_s", "max_p95_ms",
+                          "max_error_percent", "out": path}: the capacity scenario, steps of
+                          users until one is over the limits (capacity.py), written to "out"
 
 Every failure message starts with its class, so the report splits them without guessing:
 "HTTP 5xx: ...", "HTTP 4xx: ...", "timeout: ...", "connection: ...", "check: ...".
@@ -34,7 +39,7 @@ import ssl
 
 import gevent
 import gevent.socket
-from locust import LoadTestShape, between, task
+from locust import LoadTestShape, between, events, task
 from locust.contrib.fasthttp import FastHttpUser
 
 
@@ -54,6 +59,7 @@ TLS_VERIFY = _env("LOADTEST_TLS_VERIFY", "true").lower() in ("1", "true", "yes")
 CA_FILE = _env("LOADTEST_CA_FILE")
 TIMEOUT = float(_env("LOADTEST_TIMEOUT", "30"))
 RESOLVE = dict(item.split("=", 1) for item in _env("LOADTEST_RESOLVE").split(",") if "=" in item)
+WAIT = [float(x) for x in _env("LOADTEST_WAIT", "1,3").split(",")]
 
 if RESOLVE:
     # geventhttpclient resolves through gevent.socket.getaddrinfo at connect time.
@@ -114,7 +120,7 @@ def json_field(response, name):
 
 
 class MultinotesUser(FastHttpUser):
-    wait_time = between(1, 3)
+    wait_time = between(WAIT[0], WAIT[1])
     network_timeout = TIMEOUT
     connection_timeout = TIMEOUT
     insecure = not TLS_VERIFY
@@ -199,3 +205,27 @@ if STAGES:
                     return int(users), float(spawn_rate)
                 elapsed -= seconds
             return None
+
+
+CAPACITY = json.loads(_env("LOADTEST_CAPACITY", "{}"))
+
+if CAPACITY:
+    from capacity import Stepper  # beside this file (Locust puts its directory on the path)
+
+    STEPPER = Stepper([int(u) for u in CAPACITY["steps"]], float(CAPACITY["step_s"]), float(CAPACITY["warmup_s"]),
+                      float(CAPACITY["max_p95_ms"]), float(CAPACITY["max_error_percent"]))
+
+    @events.request.add_listener
+    def _measure(request_type, name, response_time, exception, **_):
+        STEPPER.record(f"{request_type} {name}", response_time, exception is not None)
+
+    @events.test_stop.add_listener
+    def _write(**_):
+        with open(CAPACITY["out"], "w", encoding="utf-8") as handle:
+            json.dump(STEPPER.result(), handle, indent=1)
+
+    class CapacityShape(LoadTestShape):
+        """Steps of users (capacity.py), until one is over the limits or the last is done."""
+
+        def tick(self):
+            return STEPPER.tick()

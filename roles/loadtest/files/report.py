@@ -22,6 +22,9 @@ import statistics
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import capacity as capacity_lib  # noqa: E402 - beside this file, also when loaded by path
+
 ERROR_CLASSES = ("HTTP 5xx", "HTTP 4xx", "timeout", "connection", "check")
 EXPECTED_429_SUFFIX = " [429 expected]"
 CRITERIA_DOC = {
@@ -35,7 +38,11 @@ CRITERIA_DOC = {
     "max_memory_growth_points": "memory growth start -> end of the fullest-growing host (% points)",
     "recovery_max_p95_ms": "p95 after the surge, end of the recovery stage (ms)",
     "min_requests": "requests completed",
+    "min_knee_rps": "requests/s at the knee (capacity)",
+    "max_limited_requests": "429 answers from the rate limiter where none is expected",
 }
+# Above this, a host or the load generator is the bottleneck (CPU %).
+SATURATED_CPU_PERCENT = 85
 
 
 def number(value):
@@ -74,6 +81,7 @@ def summarise(stats, history, failures, meta):
     errors = {name: 0 for name in ERROR_CLASSES + ("other",)}
     for row in failures:
         errors[classify(row["Error"])] += int(row["Occurrences"])
+    limited = sum(int(row["Occurrences"]) for row in failures if "HTTP 4xx: 429" in row["Error"])
     rate_limited = sum(int(row["Request Count"]) for row in endpoints if row["Name"].endswith(EXPECTED_429_SUFFIX))
     agg_history = [row for row in history if row["Name"] == "Aggregated"]
     if meta.get("start") and meta.get("end"):
@@ -110,6 +118,7 @@ def summarise(stats, history, failures, meta):
         "connection_error_percent": pct(errors["connection"]),
         "check_error_percent": pct(errors["check"] + errors["other"]),
         "rate_limited_429": rate_limited,
+        "limited_429": limited,
         "peak_users": max((int(row["User Count"]) for row in agg_history), default=meta.get("users")),
         "endpoints": endpoints,
         "history": agg_history,
@@ -169,7 +178,59 @@ def recovery_p95(history, recovery_s, end):
     return statistics.median(window) if window else None
 
 
-def judge(summary, hosts, criteria, meta):
+def capacity_steps(result, samples):
+    """The capacity run's steps, each with every sampled host's average CPU and memory over
+    the step's measured window."""
+    steps = []
+    for step in result["steps"]:
+        hosts = {}
+        for host, rows in samples.items():
+            window = [row for row in rows if step["start"] <= row["ts"] <= step["end"]]
+            if window:
+                hosts[host] = {"cpu_percent": statistics.mean(row["cpu_percent"] for row in window),
+                               "mem_used_percent": statistics.mean(row["mem_used_percent"] for row in window)}
+        steps.append(dict(step, hosts=hosts))
+    return steps
+
+
+def capacity_findings(result, steps, limited):
+    """Plain sentences: the knee, what broke at the next step, and why (from the figures)."""
+    limits = result["limits"]
+    knee, breach = result["knee"], result["breach"]
+    lines = []
+    if knee is None:
+        lines.append(f"No knee: the first step ({steps[0]['users']} users) was already over the limits "
+                     f"({'; '.join(result['reasons'])}). Start with fewer users.")
+    elif breach is None:
+        lines.append(f"The knee was not reached: every step held (p95 <= {limits['max_p95_ms']:g} ms, errors <= "
+                     f"{limits['max_error_percent']:g} %). The site carries at least {knee['rps']:.0f} req/s "
+                     f"({knee['users']} users); add steps to find where it stops.")
+    else:
+        lines.append(f"Knee: {knee['rps']:.0f} req/s of the mix at {knee['users']} users "
+                     f"(p95 {knee['p95_ms']:.0f} ms, errors {knee['error_percent']:.2f} %). At {breach['users']} users: "
+                     f"{'; '.join(result['reasons'])}, at {breach['rps']:.0f} req/s.")
+    for entry in result["saturating"]:
+        first = entry["first_step_p95_ms"]
+        lines.append(f"Slowest at the breach: {entry['endpoint']}, p95 {entry['p95_ms']:.0f} ms"
+                     + (f" (at the first step: {first:.0f} ms)" if first is not None else "")
+                     + (f", {entry['failures']} failed" if entry["failures"] else "") + ".")
+    last = next((s for s in steps if breach is not None and s["start"] == breach["start"]), steps[-1] if steps else None)
+    if last is not None:
+        busy = {h: v["cpu_percent"] for h, v in last["hosts"].items() if v["cpu_percent"] >= SATURATED_CPU_PERCENT}
+        if busy:
+            lines.append("Why: CPU-bound. " + ", ".join(f"{h} at {c:.0f} % CPU" for h, c in busy.items())
+                         + f" at {last['users']} users; the answers queue for the cores, every endpoint's latency rises together.")
+        gen = last.get("generator_cpu_percent")
+        if gen is not None and gen >= SATURATED_CPU_PERCENT:
+            lines.append(f"The load generator itself used {gen:.0f} % of a core at {last['users']} users: near its own "
+                         "limit, so the knee is a lower bound (run Locust on another machine, or --processes).")
+    if limited:
+        lines.append(f"{limited} answers were 429 from the rate limiter: the run measured the limiter, not the site. "
+                     "Exempt the generator's address (nginx_limit_exempt_sources, never in production).")
+    return lines
+
+
+def judge(summary, hosts, criteria, meta, capacity=None):
     """[(criterion, limit, measured, passed)]; a criterion that cannot be measured fails."""
     measured = {
         "max_avg_ms": summary["avg_ms"],
@@ -177,7 +238,10 @@ def judge(summary, hosts, criteria, meta):
         "max_error_percent": summary["error_percent"],
         "max_timeout_percent": summary["timeout_percent"],
         "min_requests": summary["requests"],
+        "max_limited_requests": summary["limited_429"],
     }
+    if capacity is not None:
+        measured["min_knee_rps"] = capacity["knee"]["rps"] if capacity["knee"] else None
     if hosts:
         measured["max_avg_cpu_percent"] = max(h["avg_cpu_percent"] for h in hosts.values())
         measured["max_memory_percent"] = max(h["peak_memory_percent"] for h in hosts.values())
@@ -273,7 +337,55 @@ def write_csv(out, summary, hosts):
             writer.writerow([host, *[round(values.get(c, 0), 2) for c in columns]])
 
 
-def write_markdown(out, scenario, summary, hosts, results, meta):
+def capacity_markdown(result, steps, limited):
+    lines = ["", "### Capacity (steps of users, no think time)", "",
+             f"Each step {result['step_s']:g} s, the first {result['warmup_s']:g} s not measured; a step over "
+             f"p95 {result['limits']['max_p95_ms']:g} ms or errors {result['limits']['max_error_percent']:g} % ends the run.",
+             ""]
+    hosts = sorted({h for s in steps for h in s["hosts"]})
+    lines += ["| users | req/s | p50 ms | p95 ms | p99 ms | errors % | generator CPU % | "
+              + " | ".join(f"{h} CPU % / mem %" for h in hosts) + (" |" if hosts else "|"),
+              "|---|---|---|---|---|---|---|" + "---|" * len(hosts)]
+    for s in steps:
+        lines.append(f"| {s['users']} | {fmt(s['rps'])} | {fmt(s['p50_ms'], 0)} | {fmt(s['p95_ms'], 0)} | "
+                     f"{fmt(s['p99_ms'], 0)} | {fmt(s['error_percent'], 2)} | {fmt(s['generator_cpu_percent'], 0)} | "
+                     + " | ".join(f"{fmt(s['hosts'][h]['cpu_percent'], 0)} / {fmt(s['hosts'][h]['mem_used_percent'], 0)}"
+                                  if h in s["hosts"] else "n/a" for h in hosts) + (" |" if hosts else "|"))
+    knee = result["knee"]
+    if knee:
+        lines += ["", f"Per endpoint at the knee ({knee['users']} users):", "",
+                  "| request | req/s | p95 ms | failures |", "|---|---|---|---|"]
+        for name, e in knee["endpoints"].items():
+            lines.append(f"| {name} | {fmt(e['rps'], 1)} | {fmt(e['p95_ms'], 0)} | {e['failures']} |")
+    lines += ["", *capacity_findings(result, steps, limited)]
+    return lines
+
+
+def write_capacity_chart(path, steps, limits):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(10, 4))
+    users = [s["users"] for s in steps]
+    axis.plot(users, [s["rps"] for s in steps], marker="o", label="req/s")
+    axis.set_xlabel("users (no think time)")
+    axis.set_ylabel("requests/s")
+    axis.grid(alpha=0.3)
+    latency = axis.twinx()
+    latency.plot(users, [s["p95_ms"] for s in steps], marker="s", color="tab:red", label="p95 ms")
+    latency.axhline(limits["max_p95_ms"], color="tab:red", linestyle=":", label="p95 limit")
+    latency.set_ylabel("p95 (ms)")
+    handles = axis.get_legend_handles_labels()[0] + latency.get_legend_handles_labels()[0]
+    axis.legend(handles, [h.get_label() for h in handles], loc="upper left")
+    axis.set_title("Capacity: throughput and p95 per step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_markdown(out, scenario, summary, hosts, results, meta, extra=()):
     passed = all(ok for *_, ok in results)
     when = dt.datetime.fromtimestamp(summary["start"], dt.timezone.utc) if summary["start"] else None
     lines = [
@@ -333,6 +445,7 @@ def write_markdown(out, scenario, summary, hosts, results, meta):
         lines.append(f"| {row['Type']} {row['Name']} | {int(row['Request Count']):,} | {int(row['Failure Count']):,} | "
                      f"{fmt(number(row['Average Response Time']))} | {row['50%']} | {row['95%']} | {row['99%']} | "
                      f"{fmt(number(row['Requests/s']), 2)} |")
+    lines += list(extra)
     lines += ["", "### Criteria (the launch checklist's expectations for this scenario)", "",
               "| criterion | limit | measured | result |", "|---|---|---|---|"]
     for name, limit, value, ok in results:
@@ -355,6 +468,7 @@ def main(argv=None):
     parser.add_argument("--criteria", required=True, help="JSON {criterion: limit}; null skips one")
     parser.add_argument("--samples-dir", help="directory of <host>.csv resource samples")
     parser.add_argument("--meta", default="{}", help="JSON: target, users, spawn_rate, run_time, start, end, ...")
+    parser.add_argument("--capacity", type=Path, help="the capacity scenario's steps (capacity.json, the locustfile's)")
     parser.add_argument("--no-chart", action="store_true")
     args = parser.parse_args(argv)
     try:
@@ -367,17 +481,32 @@ def main(argv=None):
     summary = summarise(stats, history, failures, meta)
     hosts = {host: host_summary(rows) for host, rows in
              load_samples(args.samples_dir, summary["start"], summary["end"]).items()}
-    results = judge(summary, hosts, criteria, meta)
+    capacity, extra, findings = None, [], []
+    if args.capacity:
+        if not args.capacity.exists():
+            print(f"report: no capacity steps at {args.capacity} (did Locust start?)", file=sys.stderr)
+            return 2
+        capacity = json.loads(args.capacity.read_text())
+        # The knee is judged here, from the recorded steps, with the limits the run used.
+        capacity.update(capacity_lib.knee(capacity["steps"], **capacity["limits"]))
+        steps = capacity_steps(capacity, load_samples(args.samples_dir, summary["start"], summary["end"]))
+        extra = capacity_markdown(capacity, steps, summary["limited_429"])
+        findings = capacity_findings(capacity, steps, summary["limited_429"])
+    results = judge(summary, hosts, criteria, meta, capacity)
     args.out.mkdir(parents=True, exist_ok=True)
     write_csv(args.out, summary, hosts)
-    failed = write_markdown(args.out, args.scenario, summary, hosts, results, meta)
+    failed = write_markdown(args.out, args.scenario, summary, hosts, results, meta, extra)
     if not args.no_chart:
         write_chart(args.out / "chart.png", summary,
                     load_samples(args.samples_dir, summary["start"], summary["end"]), args.scenario)
+        if capacity and capacity["steps"]:
+            write_capacity_chart(args.out / "capacity.png", steps, capacity["limits"])
     print(f"{args.scenario}: {'FAIL' if failed else 'PASS'}  avg {fmt(summary['avg_ms'])} ms, "
           f"p95 {fmt(summary['p95_ms'], 0)} ms, {fmt(summary['rps'], 2)} req/s, errors {fmt(summary['error_percent'], 2)}% "
           f"(5xx {fmt(summary['error_5xx_percent'], 2)}%, 4xx {fmt(summary['error_4xx_percent'], 2)}%, "
           f"timeouts {fmt(summary['timeout_percent'], 2)}%)  report: {args.out / 'report.md'}")
+    for line in findings:
+        print(f"capacity: {line}")
     for name, limit, value, _ in failed:
         print(f"FAILED criterion {name} ({args.scenario}): {CRITERIA_DOC[name]} measured {fmt(value, 2)}, limit {limit}")
     return 1 if failed else 0
