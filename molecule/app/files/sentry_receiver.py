@@ -8,7 +8,9 @@ appends each item, decoded, as one JSON line to a file:
 import argparse
 import gzip
 import json
+import os
 import re
+import threading
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -52,10 +54,18 @@ class Handler(BaseHTTPRequestHandler):
             return
         body = decode(self.rfile.read(int(self.headers.get("Content-Length", 0))),
                       self.headers.get("Content-Encoding", ""))
-        with open(self.server.out, "a", encoding="utf-8") as out:
-            for kind, payload in items(body):
-                out.write(json.dumps({"project": match.group(1), "auth": self.headers.get("X-Sentry-Auth", ""),
-                                      "type": kind, "payload": payload}) + "\n")
+        record = "".join(json.dumps({"project": match.group(1), "auth": self.headers.get("X-Sentry-Auth", ""),
+                                     "type": kind, "payload": payload}) + "\n" for kind, payload in items(body))
+        # One request's lines in one append, one request at a time: the server is threaded, and
+        # two handlers' buffered writes of large events could otherwise interleave inside a line.
+        with self.server.lock:
+            fd = os.open(self.server.out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                data = record.encode("utf-8")
+                while data:
+                    data = data[os.write(fd, data):]
+            finally:
+                os.close(fd)
         reply = b'{"id": "ok"}'
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -71,6 +81,7 @@ def main():
     args = parser.parse_args()
     server = ThreadingHTTPServer(("0.0.0.0", args.port), Handler)
     server.out = args.out
+    server.lock = threading.Lock()
     server.serve_forever()
 
 
