@@ -67,6 +67,17 @@ def listeners(hosts_and_ports):
             h.run("systemctl stop %s", unit)
 
 
+def wait_for(condition, seconds, interval=1.0):
+    """True as soon as condition() is true, False if it is not within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if condition():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
 def journal(h, unit, lines=40):
     return h.run("journalctl -u %s -n %s --no-pager", unit, str(lines)).stdout
 
