@@ -419,3 +419,136 @@ def test_the_workers_of_a_slot_are_the_children_of_its_master(tmp_path, monkeypa
         subprocess.run(["pkill", "-P", str(master.pid)])
         master.kill()
         master.wait()
+
+
+# --- prepare: the migration gate, the migrations, their state and the static files in one call
+
+def test_the_env_file_reads_back_what_the_app_role_writes():
+    text = ('# Ansible managed\n\nDB_NAME="multinotes"\nDB_PASSWORD="a\\"b\\\\c$d e"\n'  # pragma: allowlist secret
+            'ALLOWED_HOSTS="a.example,b.example"\nEMPTY=""\n; a comment\nBARE=plain\n')
+    assert release.parse_env_file(text) == {"DB_NAME": "multinotes", "DB_PASSWORD": 'a"b\\c$d e',
+                                            "ALLOWED_HOSTS": "a.example,b.example", "EMPTY": "", "BARE": "plain"}
+
+
+def test_the_migration_state_is_written_as_ansible_wrote_it():
+    """Byte for byte what `to_nice_json` + newline gave before: a release recorded then is not rewritten."""
+    text = release.migration_state_text({"sessions": "0001_initial", "core": "0002_welcome_note"})
+    assert text == '{\n    "core": "0002_welcome_note",\n    "sessions": "0001_initial"\n}\n'
+
+
+@pytest.mark.parametrize("stdin", ["", "not json", '{"user": "m"}', '{"user": "", "password": "x"}', "[]"])
+def test_migrate_without_the_migration_users_credentials_is_refused(stdin):
+    with pytest.raises(release.Refused, match="app_db_migrate_user and app_db_migrate_password"):
+        release.migrate_credentials(stdin)
+
+
+def test_the_credentials_become_the_database_user_of_the_migrate_step():
+    assert release.migrate_credentials('{"user": "m", "password": "p w"}') == {"DB_USER": "m", "DB_PASSWORD": "p w"}  # pragma: allowlist secret
+
+
+class FakeDjango:
+    """Stands in for the release's Python: records each call, answers the probe."""
+
+    def __init__(self, state=None, pending=(), models_changed=False, fail=None):
+        self.calls, self.answer, self.fail = [], {"state": state or {"core": "0002_welcome_note"}}, fail
+        self.answer["pending"] = list(pending)
+        self.answer["models_changed"] = models_changed
+
+    def __call__(self, argv, cwd, env, user=None, group=None, stdin=None):
+        self.calls.append({"argv": argv, "cwd": cwd, "env": env, "user": user, "stdin": stdin})
+        if "django-probe" in argv:
+            err = "Migrations for 'core':\n  core/migrations/0003_note_pinned.py\n" if self.answer["models_changed"] else ""
+            return subprocess.CompletedProcess(argv, 0, "noise\n" + json.dumps(self.answer) + "\n", err)
+        if self.fail and self.fail in argv:
+            return subprocess.CompletedProcess(argv, 1, "", "Traceback\n  File x\ndjango.db.utils.OperationalError: (1045, 'Access denied')\n")
+        if "collectstatic" in argv:
+            (Path(env["STATIC_ROOT"])).mkdir(parents=True, exist_ok=True)
+            (Path(env["STATIC_ROOT"]) / "staticfiles.json").write_text("{}")
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+
+def prepared_host(tmp_path, monkeypatch, fake):
+    monkeypatch.setattr(release, "_run_django", fake)
+    monkeypatch.setattr(release.pwd, "getpwnam", lambda user: type("pw", (), {"pw_dir": f"/home/{user}"}))
+    (tmp_path / "app.env").write_text('DB_USER="multinotes"\nDB_PASSWORD="runtime-pw"\nSTATIC_ROOT="/srv/multinotes/current/static"\n')  # pragma: allowlist secret
+    path = lay_out(tmp_path)
+    raw = json.loads(path.read_text())
+    raw.update(env_file=str(tmp_path / "app.env"), app_user="multinotes", app_group="multinotes")
+    return release.Host(release.validate_settings(raw)), tmp_path / "srv" / "releases" / R3
+
+
+def test_prepare_migrates_with_the_migration_user_records_the_state_and_collects_once(tmp_path, monkeypatch):
+    fake = FakeDjango(state={"core": "0003_v2_note", "auth": "0012_x"}, pending=["core.0003_v2_note"])
+    host, rdir = prepared_host(tmp_path, monkeypatch, fake)
+    out = host.prepare(R3, models_check=True, migrate=True, collectstatic=True,
+                       stdin='{"user": "multinotes_migrate", "password": "migrate-pw"}')  # pragma: allowlist secret
+    assert out["changed"] and out["migrated"] == ["core.0003_v2_note"] and out["static_collected"]
+    probe, migrate, collect = fake.calls
+    # One Django start asks everything, as the app user, with the runtime credentials.
+    assert probe["argv"][-3:] == ["django-probe", "--models-check", "--pending"] and probe["user"] == "multinotes"
+    assert probe["env"]["DB_USER"] == "multinotes" and probe["env"]["APP_VERSION"] == "2.1.0"
+    assert probe["cwd"] == str(rdir / "src") and probe["argv"][0] == str(rdir / "venv" / "bin" / "python")
+    # The migration user only for migrate; its password never on the command line.
+    assert migrate["argv"][1:] == ["manage.py", "migrate", "--noinput"] and migrate["user"] == "multinotes"
+    assert migrate["env"]["DB_USER"] == "multinotes_migrate" and migrate["env"]["DB_PASSWORD"] == "migrate-pw"  # pragma: allowlist secret
+    assert not any("migrate-pw" in arg for call in fake.calls for arg in call["argv"])
+    # collectstatic as root, into the release itself.
+    assert collect["user"] is None and collect["env"]["STATIC_ROOT"] == str(rdir / "static")
+    assert json.loads((rdir / "MIGRATIONS.json").read_text()) == {"auth": "0012_x", "core": "0003_v2_note"}
+    assert oct((rdir / "MIGRATIONS.json").stat().st_mode & 0o777) == "0o644"
+    # Again: nothing pending, the state and the static files are there: no change, one probe only.
+    fake2 = FakeDjango(state={"core": "0003_v2_note", "auth": "0012_x"})
+    monkeypatch.setattr(release, "_run_django", fake2)
+    again = host.prepare(R3, models_check=True, migrate=True, collectstatic=True, stdin='{"user": "m", "password": "p"}')
+    assert again["changed"] is False and len(fake2.calls) == 1
+
+
+def test_prepare_in_check_mode_asks_and_writes_nothing(tmp_path, monkeypatch):
+    fake = FakeDjango(pending=["core.0003_v2_note"])
+    host, rdir = prepared_host(tmp_path, monkeypatch, fake)
+    out = host.prepare(R3, models_check=True, migrate=True, collectstatic=True, check=True, stdin="")
+    assert out["changed"] and out["migrated"] == ["core.0003_v2_note"] and out["check"]
+    assert len(fake.calls) == 1 and not (rdir / "MIGRATIONS.json").exists() and not (rdir / "static").exists()
+
+
+def test_a_model_change_without_its_migration_refuses_the_release_before_migrating(tmp_path, monkeypatch):
+    fake = FakeDjango(pending=["core.0003_v2_note"], models_changed=True)
+    host, rdir = prepared_host(tmp_path, monkeypatch, fake)
+    with pytest.raises(release.Failed, match=r"models changed without a migration.*0003_note_pinned"):
+        host.prepare(R3, models_check=True, migrate=True, collectstatic=True, stdin='{"user": "m", "password": "p"}')
+    assert len(fake.calls) == 1 and not (rdir / "MIGRATIONS.json").exists()
+
+
+def test_a_failed_migration_says_why_and_records_nothing(tmp_path, monkeypatch):
+    fake = FakeDjango(pending=["core.0003_v2_note"], fail="migrate")
+    host, rdir = prepared_host(tmp_path, monkeypatch, fake)
+    with pytest.raises(release.Failed, match=r"migrate \(with the migration user\) failed.*Access denied"):
+        host.prepare(R3, migrate=True, stdin='{"user": "m", "password": "p"}')
+    assert not (rdir / "MIGRATIONS.json").exists()
+
+
+def test_prepare_refuses_a_release_that_is_not_installed_and_settings_without_the_env_file(tmp_path, monkeypatch):
+    host, _ = prepared_host(tmp_path, monkeypatch, FakeDjango())
+    with pytest.raises(release.Refused, match="not installed on this host"):
+        host.prepare("9.9.9-0123456789ab")
+    host.s["env_file"] = ""
+    with pytest.raises(release.Refused, match="env_file and app_user"):
+        host.prepare(R3)
+
+
+def test_prepare_refuses_migrate_without_credentials_end_to_end(tmp_path):
+    path = lay_out(tmp_path)
+    raw = json.loads(path.read_text())
+    raw.update(env_file=str(tmp_path / "app.env"), app_user="root")
+    path.write_text(json.dumps(raw))
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--settings", str(path), "prepare", R3, "--migrate"],
+                          input="", capture_output=True, text=True)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert proc.returncode == 2 and out["refused"] and "app_db_migrate_password" in out["error"]
+
+
+def test_prepare_arguments_are_parsed():
+    args = release.parse_args(["prepare", R2, "--models-check", "--migrate", "--collectstatic", "--check"])
+    assert (args.command, args.release, args.models_check, args.migrate, args.collectstatic, args.check) == (
+        "prepare", R2, True, True, True, True)
+    assert release.parse_args(["django-probe", "--pending"]).pending is True

@@ -5,6 +5,7 @@
     multinotes-release switch RELEASE [--slot NAME] [--gate-timeout S] [--check] [--prune]
     multinotes-release prune [--check]
     multinotes-release install RELEASE        its venv (shared by requirements), compiled, marked installed
+    multinotes-release prepare RELEASE [--models-check] [--migrate] [--collectstatic] [--check]
 
 `install` finishes a release Ansible has unpacked into <app_root>/releases/<id>/ (src/,
 wheelhouse/, requirements.txt): its venv is <app_root>/venvs/<key>, where the key is the
@@ -14,6 +15,16 @@ with the same requirements (a code-only release installs nothing); releases/<id>
 links to it. Then the source is compiled and the release marked installed. A venv left
 half-built by an interrupted install is built again. `prune` removes the venvs no remaining
 release links to.
+
+`prepare` readies an installed release for its switch, in one call (one Django start for
+the questions, one more per thing to do): the migration gate (`--models-check`: a model
+change without its migration refuses the release), the migrations (`--migrate`: applied
+when the database lacks some, with the migration user's credentials, which come as JSON
+on stdin, never on a command line or on disk), the migration state the release needs
+recorded in releases/<id>/MIGRATIONS.json (what `rollback_db=migrate` reverses to), and
+its static files (`--collectstatic`, once: releases/<id>/static). Django runs as the app
+user with the app's env file (root runs collectstatic: the app user may not change what
+nginx serves). `--check` asks the same questions and writes nothing.
 
 A web host has two gunicorn slots (blue/green): units <unit>@<slot>.socket/.service, each
 running the release its link <app_root>/slots/<slot> points at. `switch` on a web host:
@@ -50,6 +61,7 @@ import argparse
 import hashlib
 import json
 import os
+import pwd
 import re
 import shutil
 import socket
@@ -100,6 +112,10 @@ def validate_settings(raw):
                   "worker_shutdown_timeout": 30, **s["nginx"]}
     s.setdefault("gunicorn_unit", "gunicorn")
     s.setdefault("error_log", "")
+    # What `prepare` runs Django with: the app's env file, as the app user.
+    s.setdefault("env_file", "")
+    s.setdefault("app_user", "")
+    s.setdefault("app_group", "")
     if s["web"]:
         slots = s["slots"]
         if not isinstance(slots, dict) or len(slots) != 2:
@@ -272,6 +288,70 @@ def unused_venvs(venvs, links):
     return sorted(set(venvs) - set(links))
 
 
+def parse_env_file(text):
+    """An env file as the app role writes it (systemd EnvironmentFile syntax, KEY="value"
+    with backslash and double quote escaped) -> {KEY: value}."""
+    env = {}
+    for raw in (text or "").splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")) or "=" not in line:
+            continue
+        key, value = (part.strip() for part in line.split("=", 1))
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = re.sub(r"\\(.)", r"\1", value[1:-1]) if value[0] == '"' else value[1:-1]
+        env[key] = value
+    return env
+
+
+def migration_state_text(state):
+    """MIGRATIONS.json's content: {app: latest migration}, sorted, as Ansible's to_nice_json."""
+    return json.dumps(state, indent=4, sort_keys=True) + "\n"
+
+
+def migrate_credentials(text):
+    """The migration user's credentials from stdin: {"user": ..., "password": ...}."""
+    try:
+        creds = json.loads(text or "")
+    except ValueError:
+        creds = None
+    if not isinstance(creds, dict) or not creds.get("user") or not creds.get("password"):
+        raise Refused("--migrate needs the migration user's credentials on stdin, as JSON: "
+                      "{\"user\": ..., \"password\": ...} (the app role's app_db_migrate_user and app_db_migrate_password)")
+    return {"DB_USER": str(creds["user"]), "DB_PASSWORD": str(creds["password"])}
+
+
+def django_probe(models_check, pending):
+    """Run by `prepare` in the release's venv, as the app user, in its src/: one Django
+    start answers what the release needs. Returns {"state": {app: leaf}} (the migration
+    state its code needs), with "models_changed" (the makemigrations gate's verdict and
+    what it said) and "pending" (migrations the database lacks) when asked."""
+    sys.path.insert(0, os.getcwd())
+    import django  # noqa: PLC0415 - only in the release's venv
+    django.setup()
+    from django.db.migrations.loader import MigrationLoader  # noqa: PLC0415
+    out = {"state": dict(sorted(MigrationLoader(None, ignore_no_migrations=True).graph.leaf_nodes()))}
+    if models_check:
+        from django.core.management import call_command  # noqa: PLC0415
+        try:
+            call_command("makemigrations", check=True, dry_run=True, stdout=sys.stderr)
+            out["models_changed"] = False
+        except SystemExit as exc:
+            out["models_changed"] = exc.code not in (0, None)
+    if pending:
+        # What `migrate --check` asks, with its checks: a history the graph contradicts, or
+        # two leaves in one app, stop here as they would stop migrate.
+        from django.db import connection  # noqa: PLC0415
+        from django.db.migrations.executor import MigrationExecutor  # noqa: PLC0415
+        executor = MigrationExecutor(connection)
+        executor.loader.check_consistent_history(connection)
+        conflicts = executor.loader.detect_conflicts()
+        if conflicts:
+            raise SystemExit(f"conflicting migrations (more than one leaf): {conflicts}")
+        plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
+        out["pending"] = [f"{migration.app_label}.{migration.name}" for migration, _ in plan]
+    return out
+
+
 def prune_candidates(releases, protected, keep):
     """Releases to remove: beyond the `keep` newest, never a protected one.
     releases: list of (id, installed_at)."""
@@ -289,6 +369,12 @@ def _run(argv, check=True):
     if check and proc.returncode != 0:
         raise Failed(f"{' '.join(argv)} failed: {(proc.stderr or proc.stdout).strip()}")
     return proc
+
+
+def _run_django(argv, cwd, env, user=None, group=None, stdin=None):
+    """A process of the release (its venv's Python) as `user` (None: root), with `env` only."""
+    kwargs = {"user": user, "group": group, "extra_groups": []} if user else {}
+    return subprocess.run(argv, cwd=cwd, env=env, input=stdin, capture_output=True, text=True, check=False, **kwargs)
 
 
 def _link_name(path):
@@ -657,6 +743,78 @@ class Host:
         result["seconds"] = round(time.monotonic() - started, 2)
         return result
 
+    def django_env(self, rdir, home):
+        """What Django runs with: the app's env file (what the services read) and the
+        release's own release.env, nothing inherited from the caller."""
+        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": home}
+        for path in (Path(self.s["env_file"]), rdir / "release.env"):
+            if path.is_file():
+                env.update(parse_env_file(path.read_text()))
+        return env
+
+    def prepare(self, release, models_check=False, migrate=False, collectstatic=False, check=False, stdin=""):
+        release = check_release_id(release)
+        rdir = self.root / "releases" / release
+        if not (rdir / ".installed").exists():
+            raise Refused(f"release {release} is not installed on this host; install it first")
+        if not self.s["env_file"] or not self.s["app_user"]:
+            raise Refused("the settings name no env_file and app_user: prepare runs Django with them")
+        creds = migrate_credentials(stdin) if migrate and not check else None
+        try:
+            home = pwd.getpwnam(self.s["app_user"]).pw_dir
+        except KeyError:
+            raise Refused(f"the app user {self.s['app_user']!r} does not exist on this host") from None
+        env = self.django_env(rdir, home)
+        python, src = str(rdir / "venv" / "bin" / "python"), str(rdir / "src")
+        as_app = {"user": self.s["app_user"], "group": self.s["app_group"] or self.s["app_user"]}
+        result = {"changed": False, "release": release, "check": check, "migrated": [], "steps": {}}
+        started = mark = time.monotonic()
+
+        def step(name):
+            nonlocal mark
+            now = time.monotonic()
+            result["steps"][name] = round(now - mark, 2)
+            mark = now
+
+        def django(argv, what, extra_env=None, user=True, stdin=None):
+            proc = _run_django([python, *argv], src, {**env, **(extra_env or {})}, stdin=stdin, **(as_app if user else {}))
+            if proc.returncode != 0:
+                lines = (proc.stderr or proc.stdout).strip().splitlines()
+                said = error_lines(lines)[-3:] or [line.strip() for line in lines[-5:]]
+                raise Failed(f"release {release}: {what} failed (exit {proc.returncode}): {' | '.join(said)}")
+            return proc
+
+        probe = ["--settings", "-", "django-probe"] + (["--models-check"] if models_check else []) + (["--pending"] if migrate else [])
+        out = django([os.path.realpath(__file__), *probe], "reading its migrations")
+        answer = json.loads(out.stdout.strip().splitlines()[-1])
+        step("probe")
+        if answer.get("models_changed"):
+            raise Failed(f"release {release}: its models changed without a migration (makemigrations --check): "
+                         + " | ".join(out.stderr.strip().splitlines()[-12:]))
+        if answer.get("pending"):
+            result["changed"] = True
+            result["migrated"] = answer["pending"]
+            if not check:
+                django(["manage.py", "migrate", "--noinput"], "migrate (with the migration user)", extra_env=creds)
+                step("migrate")
+        record = rdir / "MIGRATIONS.json"
+        text = migration_state_text(answer["state"])
+        if not record.is_file() or record.read_text() != text:
+            result["changed"] = result["migration_state_written"] = True
+            if not check:
+                tmp = record.with_name(f".{record.name}.tmp")
+                tmp.write_text(text)
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, record)
+        if collectstatic and not (rdir / "static" / "staticfiles.json").exists():
+            result["changed"] = result["static_collected"] = True
+            if not check:
+                django(["manage.py", "collectstatic", "--noinput"], "collectstatic",
+                       extra_env={"STATIC_ROOT": str(rdir / "static"), "HOME": "/root"}, user=False)
+                step("collectstatic")
+        result["seconds"] = round(time.monotonic() - started, 2)
+        return result
+
     def prune(self, check=False):
         state = self.state()
         protected = {state["current"], state["previous"]} | {i["release"] for i in state["slots"].values()}
@@ -695,11 +853,25 @@ def parse_args(argv):
     ins = sub.add_parser("install", help="finish an unpacked release: its (shared) venv, compiled, marked installed")
     ins.add_argument("release")
     ins.add_argument("--check", action="store_true")
+    pre = sub.add_parser("prepare", help="ready an installed release: migration gate, migrations, their state, static files")
+    pre.add_argument("release")
+    pre.add_argument("--models-check", action="store_true", help="refuse model changes without their migration")
+    pre.add_argument("--migrate", action="store_true",
+                     help="apply what the database lacks; the migration user's credentials as JSON on stdin")
+    pre.add_argument("--collectstatic", action="store_true", help="collect the static files into the release (once)")
+    pre.add_argument("--check", action="store_true", help="ask, change nothing")
+    probe = sub.add_parser("django-probe", help=argparse.SUPPRESS)
+    probe.add_argument("--models-check", action="store_true")
+    probe.add_argument("--pending", action="store_true")
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "django-probe":
+        # In the release's venv, as the app user (see prepare): no settings, Django only.
+        print(json.dumps(django_probe(args.models_check, args.pending), sort_keys=True))
+        return 0
     try:
         with open(args.settings, encoding="utf-8") as fh:
             settings = validate_settings(json.load(fh))
@@ -713,6 +885,9 @@ def main(argv=None):
                 result["changed"] = result["changed"] or bool(result["pruned"])
         elif args.command == "install":
             result = host.install(args.release, args.check)
+        elif args.command == "prepare":
+            stdin = sys.stdin.read() if args.migrate and not args.check else ""
+            result = host.prepare(args.release, args.models_check, args.migrate, args.collectstatic, args.check, stdin)
         else:
             result = host.prune(args.check)
     except Refused as exc:
@@ -721,6 +896,8 @@ def main(argv=None):
         return EXIT_REFUSED
     except Failed as exc:
         message = f"{exc}. The live slot was not touched; nothing was switched."
+        if args.command == "prepare":
+            message = f"{exc}. Nothing was switched: the live release keeps serving."
         print(message, file=sys.stderr)
         print(json.dumps({"changed": False, "failed": True, "error": message}))
         return EXIT_FAILED
