@@ -135,6 +135,32 @@ def test_instance_runs_and_answers(hosts, name, instance):
     assert not h.service("redis-server").is_running
 
 
+def failed_security_checks(h, unit):
+    """The names of the checks `systemd-analyze security` fails for a unit file, read offline
+    (from the files on disk: Debian's own unit is masked here, so it cannot be read online)."""
+    out = h.check_output("systemd-analyze security --no-pager --offline=yes %s", unit)
+    return {line.split()[1] for line in out.splitlines() if line.startswith("✗")}
+
+
+@pytest.mark.parametrize("name", HOSTS)
+@pytest.mark.parametrize("instance", INSTANCES)
+def test_instance_is_sandboxed_at_least_as_debians_own_unit(hosts, name, instance):
+    """Issue 15's bar: Debian's redis-server.service scores 1.1. Each instance fails no check
+    that Debian's unit passes, except PrivateUsers in a container (the kernel refuses the user
+    namespace there and the role turns it off; a real host keeps Debian's setting): that is
+    the 0.1 a container's instance scores above Debian's."""
+    h = hosts[name]
+    unit = f"redis-server@{instance}.service"
+    out = h.check_output("systemd-analyze security --no-pager %s", unit)
+    exposure = float(out.splitlines()[-1].split(f"{unit}: ")[1].split()[0])
+    in_container = h.run("systemd-detect-virt --container").rc == 0
+    debians = failed_security_checks(h, "/lib/systemd/system/redis-server.service")
+    extra = failed_security_checks(h, unit) - debians
+    print(f"systemd-analyze security {unit} on {name}: {exposure}; failed beyond Debian's unit: {sorted(extra)}")
+    assert extra <= ({"PrivateUsers="} if in_container else set()), out
+    assert exposure <= (1.2 if in_container else 1.1), out
+
+
 @pytest.mark.parametrize("name", HOSTS)
 @pytest.mark.parametrize("instance,policy,aof", [("broker", "noeviction", 1), ("cache", "allkeys-lru", 0)])
 def test_memory_and_persistence_settings_are_live(hosts, name, instance, policy, aof):
