@@ -23,23 +23,28 @@ def decode(body, encoding):
     return body
 
 
+def _line(envelope, pos):
+    """The line that starts at `pos` (without its newline) and where the next one starts."""
+    end = envelope.find(b"\n", pos)
+    return (envelope[pos:], len(envelope)) if end < 0 else (envelope[pos:end], end + 1)
+
+
 def items(envelope):
-    """(type, payload) of each item: header line, then item header + payload pairs."""
-    lines = envelope.split(b"\n")
-    i = 1
-    while i < len(lines):
-        if not lines[i].strip():
-            i += 1
+    """(type, payload) of each item of an envelope: a header line, then per item a header line
+    and its payload, `length` bytes long where the header says so (it may hold newlines),
+    else up to the end of its line. Offsets are kept into the envelope itself."""
+    _, pos = _line(envelope, 0)
+    while pos < len(envelope):
+        line, pos = _line(envelope, pos)
+        if not line.strip():
             continue
-        header = json.loads(lines[i])
+        header = json.loads(line)
         if "length" in header:
-            start = sum(len(line) + 1 for line in lines[:i + 1])
-            payload = envelope[start:start + header["length"]]
-            rest = envelope[start + header["length"]:].lstrip(b"\n")
-            lines, i = [b"{}"] + rest.split(b"\n"), 1
+            payload, pos = envelope[pos:pos + header["length"]], pos + header["length"]
+            if envelope[pos:pos + 1] == b"\n":
+                pos += 1
         else:
-            payload = lines[i + 1] if i + 1 < len(lines) else b""
-            i += 2
+            payload, pos = _line(envelope, pos)
         try:
             yield header.get("type"), json.loads(payload)
         except ValueError:
@@ -54,8 +59,13 @@ class Handler(BaseHTTPRequestHandler):
             return
         body = decode(self.rfile.read(int(self.headers.get("Content-Length", 0))),
                       self.headers.get("Content-Encoding", ""))
-        record = "".join(json.dumps({"project": match.group(1), "auth": self.headers.get("X-Sentry-Auth", ""),
-                                     "type": kind, "payload": payload}) + "\n" for kind, payload in items(body))
+        try:
+            record = "".join(json.dumps({"project": match.group(1), "auth": self.headers.get("X-Sentry-Auth", ""),
+                                         "type": kind, "payload": payload}) + "\n" for kind, payload in items(body))
+        except ValueError as exc:
+            # Said, not swallowed: the SDK counts it as a network error, the journal says why.
+            self.send_error(400, f"unreadable envelope: {exc}")
+            return
         # One request's lines in one append, one request at a time: the server is threaded, and
         # two handlers' buffered writes of large events could otherwise interleave inside a line.
         with self.server.lock:
