@@ -325,14 +325,16 @@ def test_login_gets_429_after_the_burst_and_other_paths_do_not(web, host, path, 
 def test_api_gets_429_per_client_beyond_its_burst(web, host):
     # 60 requests on one connection arrive within a second or two: the API burst (20) plus
     # what the rate refills pass, then 429s. The limit is per client address: the peer,
-    # which has not used the API, still gets 200 right after.
+    # which has not used the API, still gets 200 right after. (A client nginx has seen
+    # before, as loopback is by the login test's /api/v1/auth/login/, has its first request
+    # counted into the burst: 20 pass plus the refill, a new one 21 plus the refill.)
     apex = APEX[host]
     resolve = ["--resolve", f"{apex}:443:127.0.0.1"]
     # One -o per URL: curl pairs each output option with the next URL.
     urls = [arg for i in range(60) for arg in ("-o", "/dev/null", f"https://{apex}/api/notes/{i}/")]
     codes = web[host].check_output(sh("curl", "-sk", *resolve, "-w", "%{http_code} ", *urls)).split()
-    assert codes[:API_BURST + 1] == ["200"] * (API_BURST + 1), codes
-    assert "429" in codes, codes
+    assert codes[:API_BURST] == ["200"] * API_BURST, codes
+    assert "429" in codes and codes.count("200") < len(codes), codes
     peer = sh("curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", f"https://{apex}/api/notes/")
     assert web[PEER[host]].check_output(peer) == "200"
 
