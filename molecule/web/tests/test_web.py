@@ -334,7 +334,7 @@ def test_api_gets_429_per_client_beyond_its_burst(web, host):
     urls = [arg for i in range(60) for arg in ("-o", "/dev/null", f"https://{apex}/api/notes/{i}/")]
     codes = web[host].check_output(sh("curl", "-sk", *resolve, "-w", "%{http_code} ", *urls)).split()
     assert codes[:API_BURST] == ["200"] * API_BURST, codes
-    assert "429" in codes and codes.count("200") < len(codes), codes
+    assert "429" in codes, codes
     peer = sh("curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", f"https://{apex}/api/notes/")
     assert web[PEER[host]].check_output(peer) == "200"
 
