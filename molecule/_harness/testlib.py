@@ -89,6 +89,16 @@ def assert_active(h, unit):
     assert svc.is_enabled, f"{unit} is not enabled on {h.backend.hostname}"
 
 
+def exposure(h, unit):
+    """`systemd-analyze security` of UNIT on host H, as the auditor reads it: (the overall
+    exposure level, the whole table for an assertion message). Fails naming the unit when
+    systemd prints no level (an unknown unit, a systemd without the verb)."""
+    out = h.check_output("systemd-analyze security --no-pager %s", unit)
+    match = re.search(rf"Overall exposure level for {re.escape(unit)}: ([0-9.]+)", out)
+    assert match, f"systemd-analyze security printed no exposure level for {unit}:\n{out}"
+    return float(match.group(1)), out
+
+
 def run_playbook(playbook, *, limit, extra_vars=None, check=False, tags=None):
     """Run ansible-playbook against the scenario's inventory; returns (rc, output, recap).
     `tags`: only the tasks with one of these tags (and `always`)."""

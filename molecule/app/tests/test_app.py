@@ -297,8 +297,7 @@ def test_env_file_is_readable_by_root_and_the_app_only(hosts, name):
 ])
 def test_units_are_sandboxed(hosts, name, unit, bar):
     testlib.assert_active(hosts[name], unit)
-    out = hosts[name].check_output("systemd-analyze security %s", unit)
-    exposure = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", out).group(1))
+    exposure, out = testlib.exposure(hosts[name], unit)
     print(f"systemd-analyze security {unit} on {name}: {exposure} (bar {bar})")
     assert exposure <= bar, out
 

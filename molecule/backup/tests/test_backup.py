@@ -126,8 +126,7 @@ def test_mariadb_runs_sandboxed_while_it_is_dumped_and_restored(backed_up, hosts
     systemd-analyze security at most 4.9 (Debian's unit alone: 8.6), /etc read-only to it,
     a /tmp of its own, no capability but CAP_IPC_LOCK."""
     h = hosts[name]
-    out = h.check_output("systemd-analyze security --no-pager mariadb.service")
-    exposure = float(re.search(r"Overall exposure level for mariadb.service: ([0-9.]+)", out).group(1))
+    exposure, out = testlib.exposure(h, "mariadb.service")
     print(f"systemd-analyze security mariadb.service on {name}: {exposure}")
     assert exposure <= 4.9, out
     assert h.file("/etc/systemd/system/mariadb.service.d/multinotes-sandbox.conf").exists

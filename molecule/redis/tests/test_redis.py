@@ -151,8 +151,7 @@ def test_instance_is_sandboxed_at_least_as_debians_own_unit(hosts, name, instanc
     the 0.1 a container's instance scores above Debian's."""
     h = hosts[name]
     unit = f"redis-server@{instance}.service"
-    out = h.check_output("systemd-analyze security --no-pager %s", unit)
-    exposure = float(out.splitlines()[-1].split(f"{unit}: ")[1].split()[0])
+    exposure, out = testlib.exposure(h, unit)
     in_container = h.run("systemd-detect-virt --container").rc == 0
     debians = failed_security_checks(h, "/lib/systemd/system/redis-server.service")
     extra = failed_security_checks(h, unit) - debians
