@@ -218,12 +218,13 @@ def main_pid(slot):
 # and then takes 0.3 s or more with no switch at all. Both figures are printed.
 MAX_GAP = float(os.environ.get("MULTINOTES_MAX_GAP", "0.3"))
 # The budget of a code-only rollback (the playbook, start to end, as the on-call engineer
-# runs it). The issue asks 10 s in CI; measured here with the warm slot and the Celery
-# restart queued: 15.4 and 16.6 s at a load average of 8 to 14 on 2 cores (Ansible's own
-# work on a saturated controller; the host-side switch is under a second), where the
-# single-slot design took 55 to 122 s. The bound keeps twice that margin; the figure is
-# printed every run.
-ROLLBACK_BUDGET = float(os.environ.get("MULTINOTES_ROLLBACK_BUDGET", "30"))
+# runs it). The issue asks 10 s in CI; measured in full runs from clean clones (three lanes
+# on 2 cores, load average 8 to 14) since the rollback became two host calls in two plays:
+# 8.1 and 7.5 s (2026-12-04 21:20 UTC), 7.8 and 10.4 s and 8.1 and 8.8 s before its last
+# play was merged; the single-slot design took 55 to 122 s. The bound is half again the
+# issue's, so a saturated CI machine does not fail a rollback a user cannot tell from a
+# fast one; the figure is printed every run.
+ROLLBACK_BUDGET = float(os.environ.get("MULTINOTES_ROLLBACK_BUDGET", "15"))
 
 
 def db_query(sql):
@@ -393,6 +394,7 @@ def test_code_only_rollback_is_an_nginx_switch_within_budget_with_no_pause(gap_b
     assert load.counts["failed"] == 0 and load.longest_gap(around="1.0.0") <= bound, (
         line, load.errors[:5], f"bound {bound:.3f} s")
     assert version() == "1.0.0"
+    assert elapsed <= ROLLBACK_BUDGET, line
 
 
 def test_a_broken_release_never_gets_a_request(tmp_path):
