@@ -30,6 +30,11 @@ LOGS = ROOT / ".cache" / "logs"
 # Scenarios whose hosts run one Debian in `make test` (MULTINOTES_DEBIAN picks the image in
 # their molecule.yml); `make test-matrix` (MULTINOTES_MATRIX=full) runs them on the other too.
 OTHER_DEBIAN = {"app": "13", "stack": "12"}
+# pytest's one-line verdicts of a failed scenario's tests ("FAILED tests/x.py::test - msg"),
+# printed again just above the summary line: CI keeps the tail of the output, and a failure's
+# details, 150 lines up in a parallel run, had scrolled out of it.
+FAILURES = {}
+VERDICT_CHARS = 600
 
 
 def scenarios():
@@ -64,6 +69,11 @@ def run_static_steps():
     return [run_step(name, ["make", "--no-print-directory", name]) for name in ("lint", "syntax", "pytest")]
 
 
+def failed_verdicts(lines):
+    """pytest's one-line verdicts of failed and erroring tests in a scenario's log."""
+    return [line[:VERDICT_CHARS] for line in lines if line.startswith(("FAILED ", "ERROR "))]
+
+
 def run_scenario(name, debian=None):
     label = f"{name}@debian-{debian}" if debian else name
     log = LOGS / f"{label}.log"
@@ -81,6 +91,7 @@ def run_scenario(name, debian=None):
     report += [f"  {line}" for line in summary]
     if rc:
         report += [f"----- last 150 lines of {log.relative_to(ROOT)}:"] + lines[-150:]
+        FAILURES[label] = failed_verdicts(lines)
     print("\n".join(report), flush=True)
     return f"scenario {label}", rc, seconds
 
@@ -121,6 +132,9 @@ def main():
     print("\nstep                                 result   seconds")
     for name, rc, seconds in results:
         print(f"{name:<36} {'passed' if rc == 0 else 'FAILED':<8} {seconds:7.0f}")
+    for label, verdicts in FAILURES.items():
+        print(f"\nscenario {label} failed:", *(verdicts or [f"(no test failed: see .cache/logs/{label}.log)"]),
+              sep="\n  ")
     failed = sum(1 for _, rc, _ in results if rc)
     print(f"test: {len(results) - failed} passed, {failed} failed")
     return 1 if failed else 0
