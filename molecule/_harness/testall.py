@@ -15,6 +15,7 @@ runs on one machine from destroying each other's containers.
 import fcntl
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -35,6 +36,9 @@ OTHER_DEBIAN = {"app": "13", "stack": "12"}
 # details, 150 lines up in a parallel run, had scrolled out of it.
 FAILURES = {}
 VERDICT_CHARS = 600
+# A test's verdict names it (path::test); Molecule's and Ansible's own "ERROR ..." and
+# "FAILED - RETRYING" lines do not.
+VERDICT = re.compile(r"(FAILED|ERROR) \S+::")
 
 
 def scenarios():
@@ -71,7 +75,7 @@ def run_static_steps():
 
 def failed_verdicts(lines):
     """pytest's one-line verdicts of failed and erroring tests in a scenario's log."""
-    return [line[:VERDICT_CHARS] for line in lines if line.startswith(("FAILED ", "ERROR "))]
+    return [line[:VERDICT_CHARS] for line in lines if VERDICT.match(line)]
 
 
 def run_scenario(name, debian=None):

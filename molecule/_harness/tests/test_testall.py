@@ -17,6 +17,9 @@ PASSED tests/test_stack.py::test_backup_runs_and_a_restore_drill_passes
 FAILED tests/test_stack.py::test_launch_check_says_go - AssertionError: NO-GO, 1 failed: stack-web/health: curl: (28)
 XFAIL tests/test_stack.py::test_health_checks_reuse_their_redis_connection - an earlier step of the story failed
 ERROR tests/test_stack.py::test_reboot - fixture 'x' not found
+ERROR    [stack > verify] Executed: Failed
+FAILED - RETRYING: [localhost]: Wait for the removals (150 retries left).
+ERROR    Verifier tests failed
 ============== 1 failed, 6 passed, 9 xfailed in 259.66s (0:04:19) ==============
 """
 
