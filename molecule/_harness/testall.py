@@ -34,7 +34,6 @@ OTHER_DEBIAN = {"app": "13", "stack": "12"}
 # pytest's one-line verdicts of a failed scenario's tests ("FAILED tests/x.py::test - msg"),
 # printed again just above the summary line: CI keeps the tail of the output, and a failure's
 # details, 150 lines up in a parallel run, had scrolled out of it.
-FAILURES = {}
 VERDICT_CHARS = 600
 # A test's verdict names it (path::test); Molecule's and Ansible's own "ERROR ..." and
 # "FAILED - RETRYING" lines do not.
@@ -66,7 +65,7 @@ def run_step(name, cmd):
     status = "PASSED" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
     print(f"\n===== {name}: {' '.join(cmd)}\n{proc.stdout.rstrip()}\n===== {name}: {status} in {seconds:.0f} s",
           flush=True)
-    return name, proc.returncode, seconds
+    return name, proc.returncode, seconds, []
 
 
 def run_static_steps():
@@ -95,9 +94,8 @@ def run_scenario(name, debian=None):
     report += [f"  {line}" for line in summary]
     if rc:
         report += [f"----- last 150 lines of {log.relative_to(ROOT)}:"] + lines[-150:]
-        FAILURES[label] = failed_verdicts(lines)
     print("\n".join(report), flush=True)
-    return f"scenario {label}", rc, seconds
+    return f"scenario {label}", rc, seconds, failed_verdicts(lines) if rc else []
 
 
 def main():
@@ -131,15 +129,16 @@ def main():
         known = json.loads(DURATIONS.read_text())
     except (OSError, ValueError):
         known = {}
-    known.update({name.split(" ", 1)[1]: round(seconds) for name, rc, seconds in scenario_results if rc == 0})
+    known.update({name.split(" ", 1)[1]: round(seconds) for name, rc, seconds, _ in scenario_results if rc == 0})
     DURATIONS.write_text(json.dumps(known, indent=1, sort_keys=True))
     print("\nstep                                 result   seconds")
-    for name, rc, seconds in results:
+    for name, rc, seconds, _ in results:
         print(f"{name:<36} {'passed' if rc == 0 else 'FAILED':<8} {seconds:7.0f}")
-    for label, verdicts in FAILURES.items():
-        print(f"\nscenario {label} failed:", *(verdicts or [f"(no test failed: see .cache/logs/{label}.log)"]),
-              sep="\n  ")
-    failed = sum(1 for _, rc, _ in results if rc)
+    for name, rc, _, verdicts in results:
+        if rc and name.startswith("scenario "):
+            label = name.split(" ", 1)[1]
+            print(f"\n{name} failed:", *(verdicts or [f"(no test failed: see .cache/logs/{label}.log)"]), sep="\n  ")
+    failed = sum(1 for _, rc, _, _ in results if rc)
     print(f"test: {len(results) - failed} passed, {failed} failed")
     return 1 if failed else 0
 
