@@ -281,6 +281,25 @@ def test_the_runner_judges_by_exit_code_and_keeps_the_output(cmd, ok, evidence):
     assert (got["ok"], got["evidence"]) == (ok, evidence)
 
 
+# Under pipefail, a reader that stops early (grep -q, head) kills the writer with SIGPIPE
+# once the writer has more to write, and the check fails on a healthy host. bash's echo
+# writes a line at a time to a pipe, so `echo "$var" | grep -q` is a race even on a few
+# lines; a here-string has no writer to kill.
+def test_a_reader_that_stops_early_fails_an_echo_pipe_but_not_a_here_string():
+    piped = runner.run_one("h", {"id": "p", "title": "P", "cmd": 'v=$(seq 30000); echo "$v" | grep -q "^1$"'})
+    here = runner.run_one("h", {"id": "s", "title": "S", "cmd": 'v=$(seq 30000); grep -q "^1$" <<<"$v"'})
+    assert (piped["ok"], piped["rc"], here["ok"]) == (False, 141, True)
+
+
+ECHO_PIPE = re.compile(r"""\b(echo|printf)\s+("\$[^"]*"|\$\w+)\s*\|""")
+
+
+@pytest.mark.parametrize("cid", sorted(IDS))
+def test_no_check_pipes_a_variable_from_echo(cid):
+    cmd = next(c for c in CATALOG if c["id"] == cid)["cmd"]
+    assert not ECHO_PIPE.search(cmd), f"{cid}: feed the variable to its reader as a here-string (<<<\"$var\")"
+
+
 def test_the_runner_reports_off_only_for_a_passing_check_that_says_so():
     off = {"id": "m", "title": "M", "cmd": "echo 'SMTP off (not set)'", "off_when": "^SMTP off"}
     assert runner.run_one("h", off)["off"] is True
