@@ -359,3 +359,93 @@ def test_a_session_reads_each_result_up_to_its_marker_and_reports_the_clients_er
     finally:
         session.close()
     assert session.proc.poll() is not None
+
+
+# --- Binary logs: what is shipped, what a restore replays ---------------------------
+
+BINLOG_OUTPUT = b"""/*!40019 SET @@session.max_delayed_threads=0*/;
+# at 4
+#261205  3:08:05 server id 1  end_log_pos 256 CRC32 0x290b1a29 	Start: binlog v 4, server v 10.11.19 created 261205  3:08:05
+#261205  3:08:05 server id 1  end_log_pos 299 CRC32 0x33b80b5a 	Gtid list [0-1-5]
+#Q> INSERT INTO t VALUES ('#261205 23:59:59 server id 9 in a value, not a header')
+#261205 13:08:11 server id 1  end_log_pos 1106 CRC32 0x95ba396b 	GTID 0-1-9 trans
+"""
+
+
+def test_a_binlogs_event_range_is_read_from_its_event_headers_in_utc():
+    first, last = mb.binlog_event_range(BINLOG_OUTPUT.splitlines(keepends=True))
+    assert (first.strftime(mb.STAMP), last.strftime(mb.STAMP)) == ("20261205T030805Z", "20261205T130811Z")
+    assert mb.binlog_event_range([b"no headers\n"]) is None
+
+
+def test_the_closed_binlogs_are_all_of_the_index_but_the_one_being_written(tmp_path):
+    (tmp_path / "mariadb-bin.index").write_text("./mariadb-bin.000001\n./mariadb-bin.000002\n./mariadb-bin.000003\n")
+    assert mb.closed_binlogs(str(tmp_path / "mariadb-bin.index")) == [
+        str(tmp_path / "mariadb-bin.000001"), str(tmp_path / "mariadb-bin.000002")]
+
+
+def binlog_keys(*files):
+    """Shipped objects as ship_binlogs names them: (first, last, number) -> data and manifest keys."""
+    keys = []
+    for first, last, number in files:
+        stem = f"p/mariadb-binlog/{first}_{last}_mariadb-bin.{number:06d}"
+        keys += [stem + ".zst.age", stem + ".manifest.json"]
+    return keys + ["p/mariadb-binlog/covered.json"]
+
+
+def at(hhmmss):
+    return dt.datetime.strptime("20261201T" + hhmmss + "Z", mb.STAMP).replace(tzinfo=dt.timezone.utc)
+
+
+SHIPPED = [("20261201T000000Z", "20261201T095000Z", 1), ("20261201T100000Z", "20261201T100958Z", 2),
+           ("20261201T101000Z", "20261201T102000Z", 3), ("20261201T102001Z", "20261201T110000Z", 4)]
+
+
+def test_a_replay_reads_from_the_file_of_the_dumps_snapshot_to_the_first_past_the_point():
+    objects = mb.binlog_objects(binlog_keys(*SHIPPED))
+    assert [o[2] for o in objects] == [f"mariadb-bin.00000{n}" for n in (1, 2, 3, 4)]
+    chosen = mb.binlogs_to_replay(objects, dump_stamp=at("100500"), until=at("101500"))
+    assert [o[2] for o in chosen] == ["mariadb-bin.000002", "mariadb-bin.000003"]
+    # A dump taken in a quiet hour: the file before it is read too (the GTID position skips it).
+    chosen = mb.binlogs_to_replay(objects, dump_stamp=at("100500"), until=at("100501"))
+    assert [o[2] for o in chosen] == ["mariadb-bin.000002"]
+
+
+def test_a_missing_binlog_file_refuses_the_replay():
+    objects = mb.binlog_objects(binlog_keys(SHIPPED[0], SHIPPED[1], SHIPPED[3]))
+    with pytest.raises(mb.BackupError, match=r"between mariadb-bin.000002 and mariadb-bin.000004 are missing"):
+        mb.binlogs_to_replay(objects, dump_stamp=at("100500"), until=at("105000"))
+
+
+def test_binlogs_no_kept_dump_needs_are_pruned(monkeypatch):
+    monkeypatch.setattr(mb, "log", lambda msg: None)
+    s3 = FakeS3(binlog_keys(*SHIPPED))
+    mb.prune_binlogs({"s3": {"bucket": "b", "prefix": "p"}}, s3, oldest_kept=at("102500"))
+    deleted = sorted(k for op, k in s3.calls if op == "delete")
+    assert deleted == sorted(binlog_keys(SHIPPED[0], SHIPPED[1])[:-1]), "only files ending before the margin go"
+
+
+@pytest.mark.parametrize("value,error", [
+    ("2026-12-01 14:03:27", None),
+    ("latest", None),
+    ("2026-12-01T14:03:27Z", "is not 'latest' or a UTC time"),
+    ("2026-02-30 14:03:27", "is not 'latest' or a UTC time"),
+    ("2026-12-01 12:00:01", "is in the future"),
+])
+def test_the_restore_point_is_a_past_utc_second_or_latest(value, error):
+    if error:
+        with pytest.raises(mb.BackupError, match=error):
+            mb.parse_restore_to(value, NOW)
+    else:
+        got = mb.parse_restore_to(value, dt.datetime(2026, 12, 2, tzinfo=dt.timezone.utc))
+        assert got is None if value == "latest" else got.strftime("%Y-%m-%d %H:%M:%S") == value
+
+
+def test_a_failed_shipping_run_keeps_the_last_covered_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(mb, "log", lambda msg: None)
+    cfg = {"metrics_dir": str(tmp_path)}
+    mb.write_metrics(cfg, "backup-binlog", True, covered=1796400000)
+    mb.write_metrics(cfg, "backup-binlog", False)
+    text = (tmp_path / "multinotes-backup-binlog.prom").read_text()
+    assert 'multinotes_backup_binlog_covered_until_timestamp_seconds{check="backup-binlog"} 1796400000' in text
+    assert 'multinotes_backup_last_run_success{check="backup-binlog"} 0' in text

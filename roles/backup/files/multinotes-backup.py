@@ -20,6 +20,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import urllib.request
 
@@ -189,14 +190,11 @@ def base_prefix(cfg, store, name):
     return "/".join(p for p in (cfg["s3"]["prefix"].strip("/"), store, name) if p)
 
 
-def upload_stream(cfg, client, store, name, ext, source_argv, manifest, env=None, on_source_line=None):
-    """Upload one backup; the manifest and then the latest pointer only after it verified.
-    `manifest` is a dict, or a function returning one, called once the upload is complete."""
+def upload_object(cfg, client, key, manifest_key, source_argv, manifest, env=None, on_source_line=None):
+    """Stream source | compress | age to KEY, verify its size, then write its manifest.
+    `manifest` is a dict, or a function returning one, called once the upload is complete.
+    On any failure both objects are deleted and the pipeline killed. Returns the manifest."""
     bucket = cfg["s3"]["bucket"]
-    stamp = dt.datetime.now(dt.timezone.utc).strftime(STAMP)
-    prefix = base_prefix(cfg, store, name)
-    key = f"{prefix}/{stamp}.{ext}"
-    manifest_key = f"{prefix}/{stamp}.manifest.json"
     procs, out = pipeline(cfg, source_argv, env=env, on_source_line=on_source_line)
     reader = HashingReader(out, procs)
     from boto3.s3.transfer import TransferConfig
@@ -208,8 +206,7 @@ def upload_stream(cfg, client, store, name, ext, source_argv, manifest, env=None
         if head["ContentLength"] != reader.size:
             raise BackupError(f"uploaded {key} is {head['ContentLength']} bytes, streamed {reader.size}")
         manifest = dict(manifest() if callable(manifest) else manifest)
-        manifest.update({"store": store, "name": name, "stamp": stamp, "key": key,
-                         "size": reader.size, "sha256": reader.sha256.hexdigest(),
+        manifest.update({"key": key, "size": reader.size, "sha256": reader.sha256.hexdigest(),
                          "compress": cfg["compress"]["tool"], "encryption": "age",
                          "host": cfg.get("host") or socket.getfqdn()})
         client.put_object(Bucket=bucket, Key=manifest_key, Body=json.dumps(manifest, indent=1, sort_keys=True).encode(),
@@ -224,10 +221,22 @@ def upload_stream(cfg, client, store, name, ext, source_argv, manifest, env=None
         if isinstance(exc, BackupError):
             raise
         raise BackupError(f"upload of {key} failed: {exc}") from exc
-    client.put_object(Bucket=bucket, Key=f"{prefix}/latest.json",
+    log(f"uploaded s3://{bucket}/{key} ({reader.size} bytes, sha256 {reader.sha256.hexdigest()})")
+    return manifest
+
+
+def upload_stream(cfg, client, store, name, ext, source_argv, manifest, env=None, on_source_line=None):
+    """Upload one backup; the manifest and then the latest pointer only after it verified."""
+    stamp = dt.datetime.now(dt.timezone.utc).strftime(STAMP)
+    prefix = base_prefix(cfg, store, name)
+    key, manifest_key = f"{prefix}/{stamp}.{ext}", f"{prefix}/{stamp}.manifest.json"
+
+    def full_manifest():
+        return {**(manifest() if callable(manifest) else manifest), "store": store, "name": name, "stamp": stamp}
+    upload_object(cfg, client, key, manifest_key, source_argv, full_manifest, env=env, on_source_line=on_source_line)
+    client.put_object(Bucket=cfg["s3"]["bucket"], Key=f"{prefix}/latest.json",
                       Body=json.dumps({"stamp": stamp, "key": key, "manifest": manifest_key}).encode(),
                       ContentType="application/json")
-    log(f"{store}/{name}: uploaded s3://{bucket}/{key} ({reader.size} bytes, sha256 {reader.sha256.hexdigest()})")
     return stamp
 
 
@@ -414,6 +423,7 @@ class ConsistentManifest:
 
 def backup_mariadb(cfg, client):
     m = cfg["mariadb"]
+    kept = []
     with Lock(cfg, "mariadb"):
         for database in m["databases"]:
             argv = [m["dump_command"], f"--defaults-extra-file={m['defaults_file']}",
@@ -422,11 +432,162 @@ def backup_mariadb(cfg, client):
             with ConsistentManifest(cfg, database) as snapshot:
                 upload_stream(cfg, client, "mariadb", database, "sql." + ext_of(cfg) + ".age", argv,
                               snapshot.facts, on_source_line=snapshot.on_dump_line)
-            prune(cfg, client, "mariadb", database)
+            kept.append(min(prune(cfg, client, "mariadb", database)))
+        if (cfg.get("binlog") or {}).get("enabled"):
+            prune_binlogs(cfg, client, parse_stamp(min(kept)))
 
 
 def ext_of(cfg):
     return "zst" if cfg["compress"]["tool"] == "zstd" else "gz"
+
+
+# --- Binary logs (point-in-time recovery) ------------------------------------------
+# Each run closes the binary log when anything was committed since the last run (FLUSH
+# BINARY LOGS) and ships every closed file not shipped yet, as it is (compressed and
+# encrypted), named by its first and last event: <prefix>/mariadb-binlog/<first>_<last>_<file>.
+# covered.json then says up to when every commit is in S3: the recovery point a loss of
+# the host would leave. A restore replays these files from a dump's GTID position.
+
+BINLOG_STORE = "mariadb-binlog"
+BINLOG_KEY_RE = re.compile(r"/(\d{8}T\d{6}Z)_(\d{8}T\d{6}Z)_([A-Za-z0-9_.-]+\.\d{6})\.manifest\.json$")
+BINLOG_EVENT_RE = re.compile(rb"^#(\d{6}) +(\d{1,2}:\d{2}:\d{2}) server id ")
+BINLOG_STATE = "binlog-shipped.json"
+# A dump's snapshot is taken just before its stamp: a restore also reads the files whose
+# last event is up to this much older than the stamp (the GTID position skips what the dump has).
+BINLOG_SELECT_MARGIN = dt.timedelta(minutes=10)
+
+
+def binlog_prefix(cfg):
+    return base_prefix(cfg, BINLOG_STORE, "")
+
+
+def closed_binlogs(index_path):
+    """The files of the binary log index but the last (the one the server writes), as
+    absolute paths, in order."""
+    directory = os.path.dirname(index_path)
+    with open(index_path, encoding="utf-8") as fh:
+        names = [line.strip() for line in fh if line.strip()]
+    return [os.path.join(directory, os.path.basename(n)) for n in names[:-1]]
+
+
+def binlog_event_range(lines):
+    """(first, last) event time of a binary log, from `TZ=UTC mariadb-binlog FILE` output
+    lines (bytes). None when there is no event header."""
+    first = last = None
+    for line in lines:
+        m = BINLOG_EVENT_RE.match(line)
+        if m:
+            when = dt.datetime.strptime(m.group(1).decode() + " " + m.group(2).decode(), "%y%m%d %H:%M:%S")
+            when = when.replace(tzinfo=dt.timezone.utc)
+            first = first or when
+            last = when
+    return (first, last) if first else None
+
+
+def read_binlog_range(path):
+    env = dict(os.environ, TZ="UTC")
+    proc = subprocess.Popen(["mariadb-binlog", path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    errbuf = []
+    threading.Thread(target=drain, args=(proc.stderr, errbuf), daemon=True).start()
+    found = binlog_event_range(proc.stdout)
+    if proc.wait() != 0 or found is None:
+        raise BackupError(f"mariadb-binlog could not read {path}: {b''.join(errbuf).decode(errors='replace').strip()[-400:]}")
+    return found
+
+
+def read_json(path, default):
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        return default
+
+
+def write_json(path, data):
+    with open(path + ".tmp", "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=1, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+
+def ship_binlogs(cfg, client):
+    m = cfg["mariadb"]
+    with Lock(cfg, "binlog"):
+        def query(sql):
+            return mariadb_query(cfg, sql, m["defaults_file"])
+        log_bin, basename, gtid = query("SELECT @@GLOBAL.log_bin, @@GLOBAL.log_bin_basename, @@GLOBAL.gtid_binlog_pos")[0][:3]
+        if log_bin != "1":
+            raise BackupError("the server's binary log is off, so no point in time can be recovered: turn it on "
+                              "(mariadb_binlog_enabled in the mariadb role) or set backup_binlog_enabled to false")
+        os.makedirs(cfg["state_dir"], exist_ok=True)
+        state_path = os.path.join(cfg["state_dir"], BINLOG_STATE)
+        state = read_json(state_path, {"shipped": {}})
+        # Read before the flush: every commit up to now is in a file the flush closes.
+        now = dt.datetime.now(dt.timezone.utc)
+        if gtid != state.get("flushed_gtid"):
+            query("FLUSH BINARY LOGS")
+            state["flushed_gtid"] = gtid
+        closed = closed_binlogs(basename + ".index")
+        present = {os.path.basename(path) for path in closed}
+        shipped = {name: stem for name, stem in state["shipped"].items() if name in present}
+        bucket, prefix = cfg["s3"]["bucket"], binlog_prefix(cfg)
+        for path in closed:
+            name = os.path.basename(path)
+            if name in shipped or not os.path.exists(path):
+                continue
+            first, last = read_binlog_range(path)
+            stem = f"{prefix}/{first.strftime(STAMP)}_{last.strftime(STAMP)}_{name}"
+            upload_object(cfg, client, f"{stem}.{ext_of(cfg)}.age", f"{stem}.manifest.json", ["cat", path],
+                          {"store": BINLOG_STORE, "file": name, "first_event": first.strftime(STAMP),
+                           "last_event": last.strftime(STAMP)})
+            shipped[name] = stem
+            state["shipped"] = shipped
+            write_json(state_path, state)
+        state.update(shipped=shipped, covered_until=now.strftime(STAMP))
+        client.put_object(Bucket=bucket, Key=f"{prefix}/covered.json", ContentType="application/json",
+                          Body=json.dumps({"covered_until": state["covered_until"], "gtid_binlog_pos": gtid}).encode())
+        write_json(state_path, state)
+        log(f"binlog: every commit up to {state['covered_until']} (GTID {gtid or 'none'}) is in s3://{bucket}/{prefix}/")
+        return now
+
+
+def binlog_objects(keys):
+    """[(first, last, file, stem)] of the shipped binary logs among KEYS, in log order."""
+    out = []
+    for key in keys:
+        m = BINLOG_KEY_RE.search(key)
+        if m:
+            out.append((parse_stamp(m.group(1)), parse_stamp(m.group(2)), m.group(3), key[:-len(".manifest.json")]))
+    return sorted(out, key=lambda o: (o[0], o[2]))
+
+
+def binlogs_to_replay(objects, dump_stamp, until):
+    """The shipped files a replay from a dump stamped DUMP_STAMP up to UNTIL reads: from the
+    last that may hold a commit after the dump's snapshot to the first that starts after
+    UNTIL. Refuses a gap in the files' numbers (a lost file would silently lose commits)."""
+    start = dump_stamp - BINLOG_SELECT_MARGIN
+    chosen = [o for o in objects if o[1] >= start and o[0] <= until]
+    for (_, _, a, _), (_, _, b, _) in zip(chosen, chosen[1:]):
+        base_a, num_a = a.rsplit(".", 1)
+        base_b, num_b = b.rsplit(".", 1)
+        if base_a == base_b and int(num_b) != int(num_a) + 1:
+            raise BackupError(f"binary log files between {a} and {b} are missing from the store: "
+                              f"commits in them cannot be replayed")
+    return chosen
+
+
+def prune_binlogs(cfg, client, oldest_kept):
+    """Delete the shipped files no kept dump needs (their last event before the oldest kept
+    dump, with the selection margin)."""
+    bucket = cfg["s3"]["bucket"]
+    keys = list_keys(client, bucket, binlog_prefix(cfg))
+    deleted = 0
+    for first, last, name, stem in binlog_objects(keys):
+        if last < oldest_kept - BINLOG_SELECT_MARGIN:
+            for key in [k for k in keys if k.startswith(stem + ".")]:
+                client.delete_object(Bucket=bucket, Key=key)
+                deleted += 1
+    if deleted:
+        log(f"retention {BINLOG_STORE}: deleted {deleted} objects older than the oldest kept dump")
 
 
 # --- Redis ---------------------------------------------------------------------------
@@ -519,6 +680,7 @@ def prune(cfg, client, store, name):
                 deleted += 1
                 log(f"retention: deleted s3://{bucket}/{key}")
     log(f"retention {store}/{name}: kept {len(keep)} backups, deleted {deleted} objects")
+    return keep
 
 
 # --- Checks --------------------------------------------------------------------------
@@ -621,8 +783,86 @@ def record_drill(cfg, result):
     os.replace(path + ".tmp", path)
 
 
+def parse_restore_to(value, now):
+    """--to: 'latest' (None: as far as the shipped binary logs go) or a UTC time
+    'YYYY-MM-DD HH:MM:SS' that is not in the future."""
+    if value == "latest":
+        return None
+    try:
+        when = dt.datetime.strptime(value, "%Y-%m-%d %H:%M:%S").replace(tzinfo=dt.timezone.utc)
+    except ValueError:
+        raise BackupError(f"restore point {value!r} is not 'latest' or a UTC time like 2026-12-01 14:03:27") from None
+    if when > now:
+        raise BackupError(f"restore point {value} UTC is in the future (now {now:%Y-%m-%d %H:%M:%S} UTC)")
+    return when
+
+
+def covered_until(cfg, client):
+    try:
+        body = client.get_object(Bucket=cfg["s3"]["bucket"], Key=f"{binlog_prefix(cfg)}/covered.json")["Body"].read()
+    except Exception as exc:  # noqa: BLE001 - boto3's NoSuchKey and friends
+        raise BackupError(f"no binary log has been shipped from this host ({exc}): there is no point in time to restore to") from exc
+    return parse_stamp(json.loads(body)["covered_until"])
+
+
+def dump_for(cfg, client, database, until):
+    """The manifest of the newest complete dump of DATABASE stamped at or before UNTIL."""
+    keys = list_keys(client, cfg["s3"]["bucket"], base_prefix(cfg, "mariadb", database))
+    stamps = sorted(s for s, ks in backups_by_stamp(keys).items()
+                    if any(k.endswith(".manifest.json") for k in ks) and parse_stamp(s) <= until)
+    if not stamps:
+        raise BackupError(f"no complete backup of {database} was taken at or before {until:%Y-%m-%d %H:%M:%S} UTC: "
+                          f"the oldest point this host can restore to is its oldest backup")
+    manifest = fetch_manifest(cfg, client, "mariadb", database, stamps[-1])
+    if not (manifest.get("binlog") or {}).get("enabled"):
+        raise BackupError(f"the backup {manifest['stamp']} was taken while the binary log was off: no replay can start from it")
+    return manifest
+
+
+def replay_binlogs(cfg, client, args, manifest, until, defaults, live):
+    """Replay the shipped binary logs from the dump's GTID position to UNTIL (that second
+    included) into the target. Returns the files read."""
+    bucket = cfg["s3"]["bucket"]
+    chosen = binlogs_to_replay(binlog_objects(list_keys(client, bucket, binlog_prefix(cfg))),
+                               parse_stamp(manifest["stamp"]), until)
+    if not chosen:
+        return []
+    workdir = tempfile.mkdtemp(prefix="replay.", dir=cfg["state_dir"])
+    try:
+        files = []
+        for _, _, name, stem in chosen:
+            binlog_manifest = json.loads(client.get_object(Bucket=bucket, Key=stem + ".manifest.json")["Body"].read())
+            path = os.path.join(workdir, name)
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
+                decrypt_into(cfg, client, binlog_manifest, args.identity, ["cat"], sink_stdout=out)
+            files.append(path)
+        argv = ["mariadb-binlog", f"--stop-datetime={until + dt.timedelta(seconds=1):%Y-%m-%d %H:%M:%S}",
+                f"--database={args.database}"]
+        if manifest["binlog"].get("gtid_binlog_pos"):
+            argv.append(f"--start-position={manifest['binlog']['gtid_binlog_pos']}")
+        if args.target != args.database:
+            argv.append(f"--rewrite-db={args.database}->{args.target}")
+        sink_argv = client_argv(cfg, defaults) + ([] if live else ["--init-command=SET SESSION sql_log_bin=0"]) + [args.target]
+        src = subprocess.Popen(argv + files, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, TZ="UTC"))
+        sink = subprocess.Popen(sink_argv, stdin=src.stdout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        src.stdout.close()
+        bufs = {"mariadb-binlog": [], sink_argv[0]: []}
+        threads = [threading.Thread(target=drain, args=(src.stderr, bufs["mariadb-binlog"]), daemon=True),
+                   threading.Thread(target=drain, args=(sink.stderr, bufs[sink_argv[0]]), daemon=True)]
+        for t in threads:
+            t.start()
+        errors = [f"{n} exited {p.wait()}: {b''.join(bufs[n]).decode(errors='replace').strip()[-800:]}"
+                  for n, p in (("mariadb-binlog", src), (sink_argv[0], sink)) if p.wait() != 0]
+        if errors:
+            raise BackupError("replay of the binary logs failed: " + "; ".join(errors))
+        return [name for _, _, name, _ in chosen]
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def restore_mariadb(cfg, client, args):
-    if args.target in cfg["mariadb"]["databases"] and not args.confirm_live:
+    live = args.target in cfg["mariadb"]["databases"]
+    if live and not args.confirm_live:
         raise BackupError(f"{args.target} is a live database: pass --confirm-live to restore over it")
     if not re.match(r"^[A-Za-z0-9_]{1,64}$", args.target):
         raise BackupError(f"target database name {args.target!r} is not [A-Za-z0-9_]{{1,64}}")
@@ -630,12 +870,31 @@ def restore_mariadb(cfg, client, args):
     result = {"time": dt.datetime.now(dt.timezone.utc).strftime(STAMP), "store": "mariadb",
               "source": args.database, "target": args.target, "result": "fail"}
     try:
-        manifest = fetch_manifest(cfg, client, "mariadb", args.database, args.stamp)
+        until = None
+        if args.to:
+            until = parse_restore_to(args.to, dt.datetime.now(dt.timezone.utc))
+            if (cfg.get("binlog") or {}).get("enabled"):
+                # The newest commits first, when the server is still there to give them.
+                try:
+                    ship_binlogs(cfg, client)
+                except BackupError as exc:
+                    log(f"could not ship the newest commits ({exc}); restoring from what the store holds")
+            covered = covered_until(cfg, client)
+            if until is None:
+                until = covered
+            elif until > covered:
+                raise BackupError(f"restore point {until:%Y-%m-%d %H:%M:%S} UTC is later than the shipped binary logs "
+                                  f"reach ({covered:%Y-%m-%d %H:%M:%S} UTC)")
+            result["restore_to"] = until.strftime(STAMP)
+            manifest = dump_for(cfg, client, args.database, until)
+        else:
+            manifest = fetch_manifest(cfg, client, "mariadb", args.database, args.stamp)
         result.update(stamp=manifest["stamp"], key=manifest["key"])
-        if args.target not in cfg["mariadb"]["databases"]:
-            mariadb_query(cfg, f"DROP DATABASE IF EXISTS {quote_ident(args.target)}; "
+        if not live:
+            mariadb_query(cfg, f"SET SESSION sql_log_bin=0; DROP DATABASE IF EXISTS {quote_ident(args.target)}; "
                                f"CREATE DATABASE {quote_ident(args.target)} CHARACTER SET utf8mb4", defaults)
-        sink = client_argv(cfg, defaults) + [args.target]
+        # A drill's writes stay out of the binary log (and so out of what is shipped).
+        sink = client_argv(cfg, defaults) + ([] if live else ["--init-command=SET SESSION sql_log_bin=0"]) + [args.target]
         decrypt_into(cfg, client, manifest, args.identity, sink)
         restored = table_facts(lambda sql: mariadb_query(cfg, sql, defaults), args.target,
                                manifest.get("checksum_method", LEGACY_CHECKSUM_METHOD))
@@ -647,9 +906,16 @@ def restore_mariadb(cfg, client, args):
         if mismatches or extra:
             raise BackupError(f"restore of {manifest['key']} into {args.target} differs from the manifest: "
                               f"{json.dumps(mismatches)} {extra}")
-        result["result"] = "pass"
-        log(f"drill passed: {manifest['key']} -> {args.target}, {len(restored)} tables, "
+        log(f"dump restored: {manifest['key']} -> {args.target}, {len(restored)} tables, "
             f"{result['rows']} rows, counts and checksums match the manifest")
+        if until is not None:
+            files = replay_binlogs(cfg, client, args, manifest, until, defaults, live)
+            after = table_facts(lambda sql: mariadb_query(cfg, sql, defaults), args.target)
+            result.update(binlogs=files, rows=sum(f["rows"] for f in after.values()), tables=len(after))
+            log(f"replayed {len(files)} binary log files up to {until:%Y-%m-%d %H:%M:%S} UTC: "
+                f"{result['rows']} rows in {len(after)} tables")
+        result["result"] = "pass"
+        log(f"drill passed: {args.target}" + (f" as of {until:%Y-%m-%d %H:%M:%S} UTC" if until else ""))
     except BackupError as exc:
         result["error"] = str(exc)
         raise
@@ -668,19 +934,29 @@ def restore_redis(cfg, client, args):
 
 # --- Metrics -------------------------------------------------------------------------
 
-def write_metrics(cfg, check, ok):
+COVERED_METRIC = "multinotes_backup_binlog_covered_until_timestamp_seconds"
+
+
+def write_metrics(cfg, check, ok, covered=None):
     """The run's result for node exporter's textfile collector (if its directory exists):
-    last run, last success (kept across failures) and whether the last run succeeded."""
+    last run, last success (kept across failures) and whether the last run succeeded; for
+    the binary log shipping also up to when every commit is in S3 (kept across failures)."""
     directory = cfg.get("metrics_dir") or ""
     if not os.path.isdir(directory):
         return
     path = os.path.join(directory, f"multinotes-{check}.prom")
     now = int(dt.datetime.now(dt.timezone.utc).timestamp())
     last_success = now if ok else 0
-    if not ok and os.path.exists(path):
+    previous = ""
+    if os.path.exists(path):
         with open(path, encoding="utf-8") as fh:
-            m = re.search(r"^multinotes_backup_last_success_timestamp_seconds\{[^}]*\} (\d+)$", fh.read(), re.M)
-            last_success = int(m.group(1)) if m else 0
+            previous = fh.read()
+    if not ok:
+        m = re.search(r"^multinotes_backup_last_success_timestamp_seconds\{[^}]*\} (\d+)$", previous, re.M)
+        last_success = int(m.group(1)) if m else 0
+    if covered is None and check == "backup-binlog":
+        m = re.search(rf"^{COVERED_METRIC}\{{[^}}]*\}} (\d+)$", previous, re.M)
+        covered = int(m.group(1)) if m else 0
     labels = f'check="{check}"'
     body = "".join([
         "# HELP multinotes_backup_last_run_success 1 if the last backup run succeeded.\n",
@@ -693,6 +969,12 @@ def write_metrics(cfg, check, ok):
         "# TYPE multinotes_backup_last_success_timestamp_seconds gauge\n",
         f"multinotes_backup_last_success_timestamp_seconds{{{labels}}} {last_success}\n",
     ])
+    if covered is not None:
+        body += "".join([
+            f"# HELP {COVERED_METRIC} Every commit up to this time is in the S3 store (0: never shipped).\n",
+            f"# TYPE {COVERED_METRIC} gauge\n",
+            f"{COVERED_METRIC}{{{labels}}} {int(covered)}\n",
+        ])
     try:
         with open(path + ".tmp", "w", encoding="utf-8") as fh:
             fh.write(body)
@@ -707,7 +989,7 @@ def write_metrics(cfg, check, ok):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
-    for name in ("mariadb", "redis", "all", "check-certs", "alert-test"):
+    for name in ("mariadb", "redis", "all", "binlogs", "check-certs", "alert-test"):
         sub.add_parser(name)
     f = sub.add_parser("check-freshness")
     f.add_argument("--max-age-hours", type=float, help="override freshness_max_age_hours (the launch check asks 24)")
@@ -721,13 +1003,16 @@ def main():
     r.add_argument("--target", required=True)
     r.add_argument("--stamp", default="latest")
     r.add_argument("--confirm-live", action="store_true")
+    r.add_argument("--to", default="", help="replay the binary logs up to this UTC time ('YYYY-MM-DD HH:MM:SS') or latest")
     r2 = sub.add_parser("restore-redis")
     r2.add_argument("--identity", required=True)
     r2.add_argument("--output", required=True)
     r2.add_argument("--stamp", default="latest")
     args = parser.parse_args()
     cfg = load_config()
-    check = {"mariadb": "backup-mariadb", "redis": "backup-redis", "all": "backup"}.get(args.cmd, args.cmd)
+    check = {"mariadb": "backup-mariadb", "redis": "backup-redis", "all": "backup",
+             "binlogs": "backup-binlog"}.get(args.cmd, args.cmd)
+    covered = None
     try:
         if args.cmd == "alert-test":
             alert(cfg, "alert-test", "test alert from multinotes-backup")
@@ -740,6 +1025,8 @@ def main():
             backup_mariadb(cfg, client)
         if args.cmd in ("redis", "all") and (args.cmd == "redis" or cfg["redis"]["enabled"]):
             backup_redis(cfg, client)
+        if args.cmd == "binlogs":
+            covered = ship_binlogs(cfg, client).timestamp()
         if args.cmd == "prune":
             prune(cfg, client, args.store, args.name)
         elif args.cmd == "check-freshness":
@@ -754,11 +1041,11 @@ def main():
             log(f"{check}: {message}")
         else:
             alert(cfg, check, message)
-        if args.cmd in ("mariadb", "redis", "all"):
+        if args.cmd in ("mariadb", "redis", "all", "binlogs"):
             write_metrics(cfg, check, False)
         return 1
-    if args.cmd in ("mariadb", "redis", "all"):
-        write_metrics(cfg, check, True)
+    if args.cmd in ("mariadb", "redis", "all", "binlogs"):
+        write_metrics(cfg, check, True, covered=covered)
     return 0
 
 
