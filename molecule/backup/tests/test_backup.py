@@ -349,7 +349,7 @@ def cron_entries(h):
 
 
 @pytest.mark.parametrize("name", HOSTS)
-@pytest.mark.parametrize("job", ["all", "check-freshness"])
+@pytest.mark.parametrize("job", ["all", "check-freshness", "binlogs"])
 def test_cron_line_runs_in_crons_own_environment(backed_up, hosts, s3, name, job):
     """The cron line itself, run as cron runs it: the file's variables and HOME/LOGNAME only,
     no terminal, no inherited PATH. `all` writes a new backup (a new stamp in latest.json);
@@ -445,3 +445,80 @@ def test_a_backup_taken_during_writes_restores_to_its_manifest(backed_up, hosts,
         assert in_drill == manifest["tables"]["ops_writes"]["rows"] < live, (in_drill, live)
     finally:
         h.run("mariadb multinotes -e 'DROP TABLE IF EXISTS ops_writes'")
+
+
+PITR_WRITER = ("while :; do mariadb multinotes -e 'INSERT INTO ops_pitr (at) VALUES (NOW(6))' || exit 1; sleep 0.02; done")
+
+
+def count(h, where, table="multinotes.ops_pitr"):
+    return int(h.check_output("mariadb -N -e %s", f"SELECT COUNT(*) FROM {table} WHERE {where}"))
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_a_point_in_time_restore_has_every_commit_up_to_that_second_and_none_after(backed_up, hosts, s3, identity, name):
+    """A writer commits continuously (each row carries its own time); a dump is taken during
+    the writes; T is noted; the writes go on and the binary log is shipped. Restored to T,
+    the drill database holds exactly the rows committed at or before T: the dump's, and the
+    replayed ones after it. Restored to `latest`, it holds every row."""
+    h = hosts[name]
+    h.check_output("mariadb multinotes -e 'DROP TABLE IF EXISTS ops_pitr; CREATE TABLE ops_pitr "
+                   "(id INT AUTO_INCREMENT PRIMARY KEY, at DATETIME(6) NOT NULL)'")
+    try:
+        h.check_output("systemd-run --unit=ops-pitr-writer sh -c %s", PITR_WRITER)
+        h.check_output("multinotes-backup mariadb")
+        h.check_output("sleep 2")
+        until = h.check_output("date -u '+%F %T'")
+        h.check_output("sleep 2")
+        shipped = h.run("multinotes-backup binlogs")
+        assert shipped.rc == 0, shipped.stderr
+        assert h.service("ops-pitr-writer").is_running, "the writer died"
+    finally:
+        h.run("systemctl stop ops-pitr-writer")
+    try:
+        h.check_output("multinotes-backup binlogs")
+        covered = json.loads(s3.check_output("cat %s/covered.json", f"{BUCKET_DIR}/molecule/{name}/mariadb-binlog"))
+        latest = json.loads(s3.check_output("cat %s/latest.json", prefix_dir(name)))
+        in_dump = json.loads(s3.check_output("cat %s/%s.manifest.json", prefix_dir(name), latest["stamp"]))["tables"]["ops_pitr"]["rows"]
+        cut = f"at < '{until}' + INTERVAL 1 SECOND"
+        expected, after = count(h, cut), count(h, "NOT (" + cut + ")")
+        assert expected > in_dump and after > 0, (in_dump, expected, after)
+
+        rc, out, _ = testlib.run_playbook(PROJECT / "playbooks/restore.yml", limit=name, extra_vars={
+            "backup_restore_identity": identity, "backup_restore_to": until})
+        assert rc == 0, out
+        drill = json.loads(h.check_output("cat /var/lib/multinotes-backup/last-drill.json"))
+        assert drill["result"] == "pass" and drill["restore_to"] == until.replace("-", "").replace(" ", "T").replace(":", "") + "Z", drill
+        assert drill["binlogs"], drill
+        assert count(h, "1", "multinotes_drill.ops_pitr") == expected
+        assert count(h, "NOT (" + cut + ")", "multinotes_drill.ops_pitr") == 0
+        print(f"{name}: restored to {until} UTC: {in_dump} rows from the dump + {expected - in_dump} replayed "
+              f"from {len(drill['binlogs'])} binary log files; {after} later rows left out; "
+              f"shipped up to {covered['covered_until']}")
+
+        rc, out, _ = testlib.run_playbook(PROJECT / "playbooks/restore.yml", limit=name, extra_vars={
+            "backup_restore_identity": identity, "backup_restore_to": "latest"})
+        assert rc == 0, out
+        assert count(h, "1", "multinotes_drill.ops_pitr") == expected + after
+        # The drills' writes stayed out of the binary log: nothing new to ship.
+        before = s3.check_output("ls %s", f"{BUCKET_DIR}/molecule/{name}/mariadb-binlog")
+        h.check_output("multinotes-backup binlogs")
+        assert s3.check_output("ls %s", f"{BUCKET_DIR}/molecule/{name}/mariadb-binlog") == before
+    finally:
+        h.run("mariadb multinotes -e 'DROP TABLE IF EXISTS ops_pitr'")
+
+
+@pytest.mark.parametrize("restore_to,message", [
+    ("2026-12-01T14:03:27", "must be a UTC time like"),
+    ("2999-01-01 00:00:00", "not in\nthe future|not in the future"),
+])
+def test_a_bad_restore_point_is_refused_before_any_change(identity, restore_to, message):
+    rc, out, recap = testlib.run_playbook(PROJECT / "playbooks/restore.yml", limit="ops-12", extra_vars={
+        "backup_restore_identity": identity, "backup_restore_to": restore_to})
+    assert rc != 0 and "backup_restore_to" in out and re.search(message, out), out
+    assert recap["ops-12"]["changed"] == 0, out
+
+
+def test_a_restore_point_before_every_backup_is_refused_naming_the_oldest(backed_up, identity):
+    rc, out, _ = testlib.run_playbook(PROJECT / "playbooks/restore.yml", limit="ops-12", extra_vars={
+        "backup_restore_identity": identity, "backup_restore_to": "2020-01-01 00:00:00"})
+    assert rc != 0 and "no complete backup of multinotes was taken at or before 2020-01-01 00:00:00 UTC" in out, out
