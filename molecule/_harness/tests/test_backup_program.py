@@ -388,9 +388,9 @@ def binlog_keys(*files):
     """Shipped objects as ship_binlogs names them: (first, last, number) -> data and manifest keys."""
     keys = []
     for first, last, number in files:
-        stem = f"p/mariadb-binlog/{first}_{last}_mariadb-bin.{number:06d}"
+        stem = f"p/mariadb-binlog/20261130T000000Z/{first}_{last}_mariadb-bin.{number:06d}"
         keys += [stem + ".zst.age", stem + ".manifest.json"]
-    return keys + ["p/mariadb-binlog/covered.json"]
+    return keys + ["p/mariadb-binlog/20261130T000000Z/covered.json"]
 
 
 def at(hhmmss):
@@ -449,3 +449,18 @@ def test_a_failed_shipping_run_keeps_the_last_covered_time(tmp_path, monkeypatch
     text = (tmp_path / "multinotes-backup-binlog.prom").read_text()
     assert 'multinotes_backup_binlog_covered_until_timestamp_seconds{check="backup-binlog"} 1796400000' in text
     assert 'multinotes_backup_last_run_success{check="backup-binlog"} 0' in text
+
+
+def test_a_servers_binlog_history_id_is_made_once_beside_its_logs(tmp_path):
+    basename = str(tmp_path / "mariadb-bin")
+    assert mb.binlog_epoch(basename, now=NOW) == "20261201T120000Z"
+    assert mb.binlog_epoch(basename, now=NOW + dt.timedelta(days=1)) == "20261201T120000Z", "made again"
+    (tmp_path / mb.BINLOG_EPOCH_FILE).write_text("garbage\n")
+    with pytest.raises(mb.BackupError, match="not a binary log history id"):
+        mb.binlog_epoch(basename)
+
+
+def test_a_dumps_manifest_names_the_binlog_history_only_when_the_log_is_on():
+    on = mb.with_epoch(lambda: {"binlog": {"enabled": True, "gtid_binlog_pos": "0-1-5"}}, "20261130T000000Z")()
+    off = mb.with_epoch(lambda: {"binlog": {"enabled": False, "gtid_binlog_pos": ""}}, "20261130T000000Z")()
+    assert on["binlog"]["epoch"] == "20261130T000000Z" and "epoch" not in off["binlog"]

@@ -423,18 +423,31 @@ class ConsistentManifest:
 
 def backup_mariadb(cfg, client):
     m = cfg["mariadb"]
-    kept = []
+    kept, epoch = [], None
     with Lock(cfg, "mariadb"):
+        if (cfg.get("binlog") or {}).get("enabled"):
+            log_bin, basename = mariadb_query(cfg, "SELECT @@GLOBAL.log_bin, @@GLOBAL.log_bin_basename", m["defaults_file"])[0][:2]
+            epoch = binlog_epoch(basename) if log_bin == "1" else None
         for database in m["databases"]:
             argv = [m["dump_command"], f"--defaults-extra-file={m['defaults_file']}",
                     "--single-transaction", "--verbose", "--quick", "--routines", "--triggers", "--events",
                     "--hex-blob", "--default-character-set=utf8mb4", database]
             with ConsistentManifest(cfg, database) as snapshot:
                 upload_stream(cfg, client, "mariadb", database, "sql." + ext_of(cfg) + ".age", argv,
-                              snapshot.facts, on_source_line=snapshot.on_dump_line)
+                              with_epoch(snapshot.facts, epoch), on_source_line=snapshot.on_dump_line)
             kept.append(min(prune(cfg, client, "mariadb", database)))
         if (cfg.get("binlog") or {}).get("enabled"):
             prune_binlogs(cfg, client, parse_stamp(min(kept)))
+
+
+def with_epoch(facts, epoch):
+    """The manifest's facts, naming the binary log history a replay from this dump reads."""
+    def manifest():
+        got = facts()
+        if epoch and got["binlog"]["enabled"]:
+            got["binlog"]["epoch"] = epoch
+        return got
+    return manifest
 
 
 def ext_of(cfg):
@@ -444,21 +457,45 @@ def ext_of(cfg):
 # --- Binary logs (point-in-time recovery) ------------------------------------------
 # Each run closes the binary log when anything was committed since the last run (FLUSH
 # BINARY LOGS) and ships every closed file not shipped yet, as it is (compressed and
-# encrypted), named by its first and last event: <prefix>/mariadb-binlog/<first>_<last>_<file>.
-# covered.json then says up to when every commit is in S3: the recovery point a loss of
-# the host would leave. A restore replays these files from a dump's GTID position.
+# encrypted), named by its first and last event:
+# <prefix>/mariadb-binlog/<history>/<first>_<last>_<file>. covered.json there says up to
+# when every commit is in S3: the recovery point a loss of the host would leave. A restore
+# replays these files from a dump's GTID position. <history> is the id of the server's
+# binary log history (binlog_epoch): a server rebuilt from nothing starts a new one, so its
+# files (numbered from 1 again, GTIDs from 1 again) never mix with those of the lost one.
 
 BINLOG_STORE = "mariadb-binlog"
 BINLOG_KEY_RE = re.compile(r"/(\d{8}T\d{6}Z)_(\d{8}T\d{6}Z)_([A-Za-z0-9_.-]+\.\d{6})\.manifest\.json$")
 BINLOG_EVENT_RE = re.compile(rb"^#(\d{6}) +(\d{1,2}:\d{2}:\d{2}) server id ")
 BINLOG_STATE = "binlog-shipped.json"
+BINLOG_EPOCH_FILE = "multinotes-binlog-epoch"
 # A dump's snapshot is taken just before its stamp: a restore also reads the files whose
 # last event is up to this much older than the stamp (the GTID position skips what the dump has).
 BINLOG_SELECT_MARGIN = dt.timedelta(minutes=10)
 
 
-def binlog_prefix(cfg):
-    return base_prefix(cfg, BINLOG_STORE, "")
+def binlog_prefix(cfg, epoch=""):
+    return base_prefix(cfg, BINLOG_STORE, epoch)
+
+
+def binlog_epoch(basename, now=None):
+    """The id of this server's binary log history, a UTC stamp: made by the first shipping or
+    dump and kept beside the logs in the data directory, so it is lost with them."""
+    path = os.path.join(os.path.dirname(basename), BINLOG_EPOCH_FILE)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            epoch = fh.read().strip()
+    except FileNotFoundError:
+        epoch = (now or dt.datetime.now(dt.timezone.utc)).strftime(STAMP)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return binlog_epoch(basename)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(epoch + "\n")
+    if not re.fullmatch(r"\d{8}T\d{6}Z", epoch):
+        raise BackupError(f"{path} holds {epoch!r}, not a binary log history id like 20261205T031200Z")
+    return epoch
 
 
 def closed_binlogs(index_path):
@@ -520,7 +557,10 @@ def ship_binlogs(cfg, client):
                               "(mariadb_binlog_enabled in the mariadb role) or set backup_binlog_enabled to false")
         os.makedirs(cfg["state_dir"], exist_ok=True)
         state_path = os.path.join(cfg["state_dir"], BINLOG_STATE)
-        state = read_json(state_path, {"shipped": {}})
+        epoch = binlog_epoch(basename)
+        state = read_json(state_path, {})
+        if state.get("epoch") != epoch:  # another server's history (a new data directory)
+            state = {"epoch": epoch, "shipped": {}}
         # Read before the flush: every commit up to now is in a file the flush closes.
         now = dt.datetime.now(dt.timezone.utc)
         if gtid != state.get("flushed_gtid"):
@@ -529,7 +569,7 @@ def ship_binlogs(cfg, client):
         closed = closed_binlogs(basename + ".index")
         present = {os.path.basename(path) for path in closed}
         shipped = {name: stem for name, stem in state["shipped"].items() if name in present}
-        bucket, prefix = cfg["s3"]["bucket"], binlog_prefix(cfg)
+        bucket, prefix = cfg["s3"]["bucket"], binlog_prefix(cfg, epoch)
         for path in closed:
             name = os.path.basename(path)
             if name in shipped or not os.path.exists(path):
@@ -797,9 +837,9 @@ def parse_restore_to(value, now):
     return when
 
 
-def covered_until(cfg, client):
+def covered_until(cfg, client, epoch):
     try:
-        body = client.get_object(Bucket=cfg["s3"]["bucket"], Key=f"{binlog_prefix(cfg)}/covered.json")["Body"].read()
+        body = client.get_object(Bucket=cfg["s3"]["bucket"], Key=f"{binlog_prefix(cfg, epoch)}/covered.json")["Body"].read()
     except Exception as exc:  # noqa: BLE001 - boto3's NoSuchKey and friends
         raise BackupError(f"no binary log has been shipped from this host ({exc}): there is no point in time to restore to") from exc
     return parse_stamp(json.loads(body)["covered_until"])
@@ -814,8 +854,9 @@ def dump_for(cfg, client, database, until):
         raise BackupError(f"no complete backup of {database} was taken at or before {until:%Y-%m-%d %H:%M:%S} UTC: "
                           f"the oldest point this host can restore to is its oldest backup")
     manifest = fetch_manifest(cfg, client, "mariadb", database, stamps[-1])
-    if not (manifest.get("binlog") or {}).get("enabled"):
-        raise BackupError(f"the backup {manifest['stamp']} was taken while the binary log was off: no replay can start from it")
+    if not (manifest.get("binlog") or {}).get("epoch"):
+        raise BackupError(f"the backup {manifest['stamp']} was taken while the binary log was off or not shipped: "
+                          f"no replay can start from it")
     return manifest
 
 
@@ -823,7 +864,8 @@ def replay_binlogs(cfg, client, args, manifest, until, defaults, live):
     """Replay the shipped binary logs from the dump's GTID position to UNTIL (that second
     included) into the target. Returns the files read."""
     bucket = cfg["s3"]["bucket"]
-    chosen = binlogs_to_replay(binlog_objects(list_keys(client, bucket, binlog_prefix(cfg))),
+    prefix = binlog_prefix(cfg, manifest["binlog"]["epoch"])
+    chosen = binlogs_to_replay(binlog_objects(list_keys(client, bucket, prefix)),
                                parse_stamp(manifest["stamp"]), until)
     if not chosen:
         return []
@@ -879,14 +921,14 @@ def restore_mariadb(cfg, client, args):
                     ship_binlogs(cfg, client)
                 except BackupError as exc:
                     log(f"could not ship the newest commits ({exc}); restoring from what the store holds")
-            covered = covered_until(cfg, client)
+            manifest = dump_for(cfg, client, args.database, until or dt.datetime.now(dt.timezone.utc))
+            covered = covered_until(cfg, client, manifest["binlog"]["epoch"])
             if until is None:
                 until = covered
             elif until > covered:
                 raise BackupError(f"restore point {until:%Y-%m-%d %H:%M:%S} UTC is later than the shipped binary logs "
                                   f"reach ({covered:%Y-%m-%d %H:%M:%S} UTC)")
             result["restore_to"] = until.strftime(STAMP)
-            manifest = dump_for(cfg, client, args.database, until)
         else:
             manifest = fetch_manifest(cfg, client, "mariadb", args.database, args.stamp)
         result.update(stamp=manifest["stamp"], key=manifest["key"])
