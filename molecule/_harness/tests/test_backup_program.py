@@ -453,6 +453,7 @@ def test_a_failed_shipping_run_keeps_the_last_covered_time(tmp_path, monkeypatch
 
 def test_a_servers_binlog_history_id_is_made_once_beside_its_logs(tmp_path):
     basename = str(tmp_path / "mariadb-bin")
+    assert mb.binlog_epoch(basename, create=False) is None
     assert mb.binlog_epoch(basename, now=NOW) == "20261201T120000Z"
     assert mb.binlog_epoch(basename, now=NOW + dt.timedelta(days=1)) == "20261201T120000Z", "made again"
     (tmp_path / mb.BINLOG_EPOCH_FILE).write_text("garbage\n")

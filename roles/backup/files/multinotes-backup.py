@@ -478,14 +478,17 @@ def binlog_prefix(cfg, epoch=""):
     return base_prefix(cfg, BINLOG_STORE, epoch)
 
 
-def binlog_epoch(basename, now=None):
+def binlog_epoch(basename, now=None, create=True):
     """The id of this server's binary log history, a UTC stamp: made by the first shipping or
-    dump and kept beside the logs in the data directory, so it is lost with them."""
+    dump and kept beside the logs in the data directory, so it is lost with them. None when
+    there is none yet and CREATE is false."""
     path = os.path.join(os.path.dirname(basename), BINLOG_EPOCH_FILE)
     try:
         with open(path, encoding="utf-8") as fh:
             epoch = fh.read().strip()
     except FileNotFoundError:
+        if not create:
+            return None
         epoch = (now or dt.datetime.now(dt.timezone.utc)).strftime(STAMP)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -745,8 +748,27 @@ def check_freshness(cfg, client, max_age_hours=None):
             stale.append(f"{store}/{name}: newest backup {newest or 'none'} is older than {limit}")
         else:
             log(f"{store}/{name}: newest backup {newest} is fresh")
+    if (cfg.get("binlog") or {}).get("enabled"):
+        stale += binlog_staleness(cfg, client, now)
     if stale:
         raise BackupError("; ".join(stale))
+
+
+def binlog_staleness(cfg, client, now):
+    """[] when this server's binary log was shipped within the RPO, else what is wrong."""
+    rpo = dt.timedelta(minutes=cfg["binlog"]["rpo_minutes"])
+    basename = mariadb_query(cfg, "SELECT @@GLOBAL.log_bin_basename", cfg["mariadb"]["defaults_file"])[0][0]
+    epoch = binlog_epoch(basename, create=False)
+    if epoch is None:
+        return ["binary log: never shipped from this server (multinotes-backup binlogs)"]
+    try:
+        covered = covered_until(cfg, client, epoch)
+    except BackupError as exc:
+        return [f"binary log: {exc}"]
+    if now - covered > rpo:
+        return [f"binary log: shipped up to {covered:%Y-%m-%d %H:%M:%S} UTC, more than the RPO of {rpo} ago"]
+    log(f"binary log: shipped up to {covered:%Y-%m-%d %H:%M:%S} UTC, within the RPO of {rpo}")
+    return []
 
 
 def check_certs(cfg):
@@ -1065,6 +1087,8 @@ def main():
         client = s3_client(cfg)
         if args.cmd in ("mariadb", "all") and (args.cmd == "mariadb" or cfg["mariadb"]["enabled"]):
             backup_mariadb(cfg, client)
+        if args.cmd == "all" and cfg["mariadb"]["enabled"] and (cfg.get("binlog") or {}).get("enabled"):
+            ship_binlogs(cfg, client)
         if args.cmd in ("redis", "all") and (args.cmd == "redis" or cfg["redis"]["enabled"]):
             backup_redis(cfg, client)
         if args.cmd == "binlogs":
