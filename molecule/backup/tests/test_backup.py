@@ -476,7 +476,8 @@ def test_a_point_in_time_restore_has_every_commit_up_to_that_second_and_none_aft
         h.run("systemctl stop ops-pitr-writer")
     try:
         h.check_output("multinotes-backup binlogs")
-        covered = json.loads(s3.check_output("cat %s/covered.json", f"{BUCKET_DIR}/molecule/{name}/mariadb-binlog"))
+        shipped_to = f"{BUCKET_DIR}/molecule/{name}/mariadb-binlog/{h.check_output('cat /var/lib/mysql/multinotes-binlog-epoch')}"
+        covered = json.loads(s3.check_output("cat %s/covered.json", shipped_to))
         latest = json.loads(s3.check_output("cat %s/latest.json", prefix_dir(name)))
         in_dump = json.loads(s3.check_output("cat %s/%s.manifest.json", prefix_dir(name), latest["stamp"]))["tables"]["ops_pitr"]["rows"]
         cut = f"at < '{until}' + INTERVAL 1 SECOND"
@@ -500,9 +501,9 @@ def test_a_point_in_time_restore_has_every_commit_up_to_that_second_and_none_aft
         assert rc == 0, out
         assert count(h, "1", "multinotes_drill.ops_pitr") == expected + after
         # The drills' writes stayed out of the binary log: nothing new to ship.
-        before = s3.check_output("ls %s", f"{BUCKET_DIR}/molecule/{name}/mariadb-binlog")
+        before = s3.check_output("ls %s", shipped_to)
         h.check_output("multinotes-backup binlogs")
-        assert s3.check_output("ls %s", f"{BUCKET_DIR}/molecule/{name}/mariadb-binlog") == before
+        assert s3.check_output("ls %s", shipped_to) == before
     finally:
         h.run("mariadb multinotes -e 'DROP TABLE IF EXISTS ops_pitr'")
 
