@@ -270,7 +270,8 @@ def test_app_db_connection_is_encrypted(hosts):
     ("SELECT @@require_secure_transport", "1"),
     ("SELECT @@have_ssl", "YES"),
     # The binary log a point-in-time restore replays (the backup scenario replays it).
-    ("SELECT CONCAT_WS(' ', @@log_bin, @@binlog_format, @@sync_binlog, @@binlog_expire_logs_seconds)", "1 ROW 1 259200"),
+    ("SELECT CONCAT_WS(' ', IF(@@log_bin, 'on', 'off'), @@binlog_format, @@sync_binlog, @@binlog_expire_logs_seconds)",
+     "on ROW 1 259200"),
 ], ids=["no-anonymous", "no-remote-root", "no-test-db", "slow-log", "tls-required", "tls", "binlog"])
 def test_mariadb_is_hardened(hosts, query, expected):
     assert sql(hosts["app-db"], query) == expected
