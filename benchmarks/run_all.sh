@@ -8,7 +8,7 @@ out="benchmarks/out/$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$out"
 { echo "nproc: $(nproc)"; free -m | sed -n 2p; uname -srm; uptime; } | tee "$out/machine.txt"
 status=0
-for bench in edge memory rollback converge; do
+for bench in edge memory rollback backup converge; do
   args=()
   [ "$bench" = converge ] && args=(--recreate-demo)
   echo "== $bench"
