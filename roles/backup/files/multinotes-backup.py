@@ -132,10 +132,15 @@ class HashingReader:
         for name, proc, errbuf in self.procs:
             rc = proc.wait()
             if rc != 0:
-                failed.append(f"{name} exited {rc}: {b''.join(errbuf).decode(errors='replace').strip()[-800:]}")
+                failed.append(exit_error(name, rc, errbuf))
         if failed:
             raise BackupError("; ".join(failed))
         return b""
+
+
+def exit_error(name, rc, buf):
+    """A failed process of a pipe, as the error says it: its name, exit code and stderr's end."""
+    return f"{name} exited {rc}: {b''.join(buf).decode(errors='replace').strip()[-800:]}"
 
 
 def drain(stream, buf):
@@ -425,7 +430,7 @@ def backup_mariadb(cfg, client):
     m = cfg["mariadb"]
     kept, epoch = [], None
     with Lock(cfg, "mariadb"):
-        if (cfg.get("binlog") or {}).get("enabled"):
+        if binlog_enabled(cfg):
             log_bin, basename = mariadb_query(cfg, "SELECT @@GLOBAL.log_bin, @@GLOBAL.log_bin_basename", m["defaults_file"])[0][:2]
             epoch = binlog_epoch(basename) if log_bin == "1" else None
         for database in m["databases"]:
@@ -436,7 +441,7 @@ def backup_mariadb(cfg, client):
                 upload_stream(cfg, client, "mariadb", database, "sql." + ext_of(cfg) + ".age", argv,
                               with_epoch(snapshot.facts, epoch), on_source_line=snapshot.on_dump_line)
             kept.append(min(prune(cfg, client, "mariadb", database)))
-        if (cfg.get("binlog") or {}).get("enabled"):
+        if binlog_enabled(cfg):
             prune_binlogs(cfg, client, parse_stamp(min(kept)))
 
 
@@ -472,6 +477,11 @@ BINLOG_EPOCH_FILE = "multinotes-binlog-epoch"
 # A dump's snapshot is taken just before its stamp: a restore also reads the files whose
 # last event is up to this much older than the stamp (the GTID position skips what the dump has).
 BINLOG_SELECT_MARGIN = dt.timedelta(minutes=10)
+
+
+def binlog_enabled(cfg):
+    """Whether this host ships MariaDB's binary log (a config from before it has no "binlog")."""
+    return bool((cfg.get("binlog") or {}).get("enabled"))
 
 
 def binlog_prefix(cfg, epoch=""):
@@ -748,7 +758,7 @@ def check_freshness(cfg, client, max_age_hours=None):
             stale.append(f"{store}/{name}: newest backup {newest or 'none'} is older than {limit}")
         else:
             log(f"{store}/{name}: newest backup {newest} is fresh")
-    if (cfg.get("binlog") or {}).get("enabled"):
+    if binlog_enabled(cfg):
         stale += binlog_staleness(cfg, client, now)
     if stale:
         raise BackupError("; ".join(stale))
@@ -829,7 +839,7 @@ def decrypt_into(cfg, client, manifest, identity, sink_argv, sink_stdout=None):
     errors = []
     for name, proc in (("age", dec), ("decompress", unz), (sink_argv[0], sink)):
         if proc.wait() != 0:
-            errors.append(f"{name} exited {proc.returncode}: {b''.join(bufs[name]).decode(errors='replace').strip()[-800:]}")
+            errors.append(exit_error(name, proc.returncode, bufs[name]))
     if sha.hexdigest() != manifest["sha256"] or size != manifest["size"]:
         errors.insert(0, f"{manifest['key']}: sha256/size {sha.hexdigest()}/{size} differ from the manifest's "
                          f"{manifest['sha256']}/{manifest['size']}")
@@ -839,10 +849,7 @@ def decrypt_into(cfg, client, manifest, identity, sink_argv, sink_stdout=None):
 
 def record_drill(cfg, result):
     os.makedirs(cfg["state_dir"], exist_ok=True)
-    path = os.path.join(cfg["state_dir"], "last-drill.json")
-    with open(path + ".tmp", "w", encoding="utf-8") as fh:
-        json.dump(result, fh, indent=1, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    write_json(os.path.join(cfg["state_dir"], "last-drill.json"), result)
 
 
 def parse_restore_to(value, now):
@@ -915,8 +922,8 @@ def replay_binlogs(cfg, client, args, manifest, until, defaults, live):
                    threading.Thread(target=drain, args=(sink.stderr, bufs[sink_argv[0]]), daemon=True)]
         for t in threads:
             t.start()
-        errors = [f"{n} exited {p.wait()}: {b''.join(bufs[n]).decode(errors='replace').strip()[-800:]}"
-                  for n, p in (("mariadb-binlog", src), (sink_argv[0], sink)) if p.wait() != 0]
+        errors = [exit_error(n, p.returncode, bufs[n]) for n, p in (("mariadb-binlog", src), (sink_argv[0], sink))
+                  if p.wait() != 0]
         if errors:
             raise BackupError("replay of the binary logs failed: " + "; ".join(errors))
         return [name for _, _, name, _ in chosen]
@@ -937,7 +944,7 @@ def restore_mariadb(cfg, client, args):
         until = None
         if args.to:
             until = parse_restore_to(args.to, dt.datetime.now(dt.timezone.utc))
-            if (cfg.get("binlog") or {}).get("enabled"):
+            if binlog_enabled(cfg):
                 # The newest commits first, when the server is still there to give them.
                 try:
                     ship_binlogs(cfg, client)
@@ -1087,7 +1094,7 @@ def main():
         client = s3_client(cfg)
         if args.cmd in ("mariadb", "all") and (args.cmd == "mariadb" or cfg["mariadb"]["enabled"]):
             backup_mariadb(cfg, client)
-        if args.cmd == "all" and cfg["mariadb"]["enabled"] and (cfg.get("binlog") or {}).get("enabled"):
+        if args.cmd == "all" and cfg["mariadb"]["enabled"] and binlog_enabled(cfg):
             ship_binlogs(cfg, client)
         if args.cmd in ("redis", "all") and (args.cmd == "redis" or cfg["redis"]["enabled"]):
             backup_redis(cfg, client)
