@@ -1,6 +1,7 @@
 """The backup role, by behaviour: a real S3 server (rclone serve s3 on ops-s3, credentials
 enforced), real MariaDB and Redis, the real operator playbooks, a webhook receiver."""
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -393,7 +394,25 @@ def test_bad_input_fails_before_any_change(bad_vars, named):
                                                    extra_vars=bad_vars, named=named)
 
 
-WRITER = ("while :; do mariadb multinotes -e 'INSERT INTO ops_writes (at) VALUES (NOW(6))' || exit 1; done")
+def create_writes_table(h, table):
+    """A table in multinotes for a writer: each row carries the time of its own commit."""
+    h.check_output("mariadb multinotes -e %s", f"DROP TABLE IF EXISTS {table}; "
+                   f"CREATE TABLE {table} (id INT AUTO_INCREMENT PRIMARY KEY, at DATETIME(6) NOT NULL)")
+
+
+@contextlib.contextmanager
+def writer(h, table, pause=None):
+    """A writer committing one row at a time into multinotes.TABLE (PAUSE seconds between
+    commits, none by default) as its own systemd unit, from the block's start to its end.
+    Yields the unit's name."""
+    unit = f"ops-writer-{table}"
+    step = f" sleep {pause};" if pause else ""
+    h.check_output("systemd-run --unit=%s sh -c %s", unit,
+                   f"while :; do mariadb multinotes -e 'INSERT INTO {table} (at) VALUES (NOW(6))' || exit 1;{step} done")
+    try:
+        yield unit
+    finally:
+        h.run("systemctl stop %s", unit)
 
 
 def test_a_backup_taken_during_writes_restores_to_its_manifest(backed_up, hosts, s3, identity):
@@ -401,20 +420,16 @@ def test_a_backup_taken_during_writes_restores_to_its_manifest(backed_up, hosts,
     heartbeat does on the stack): the manifest is from the dump's own moment, so the drill of
     that backup matches it exactly, and the writer is held only for an instant."""
     h = hosts["ops-12"]
-    h.check_output("mariadb multinotes -e 'CREATE TABLE ops_writes "
-                   "(id INT AUTO_INCREMENT PRIMARY KEY, at DATETIME(6) NOT NULL)'")
+    create_writes_table(h, "ops_writes")
     created_at = h.check_output("mariadb -N -e 'SELECT @@GLOBAL.gtid_binlog_pos'")
-    try:
-        h.check_output("systemd-run --unit=ops-writer sh -c %s", WRITER)
+    with writer(h, "ops_writes") as unit:
         h.check_output("for i in $(seq 100); do [ \"$(mariadb -N multinotes -e 'SELECT COUNT(*) FROM ops_writes')\" "
                        "-gt 20 ] && exit 0; sleep 0.1; done; exit 1")
         started = h.check_output("mariadb -N -e 'SELECT NOW(6)'")
         backup = h.run("multinotes-backup mariadb")
         ended = h.check_output("mariadb -N -e 'SELECT NOW(6)'")
         assert backup.rc == 0, backup.stderr
-        assert h.service("ops-writer").is_running, "the writer died during the backup"
-    finally:
-        h.run("systemctl stop ops-writer")
+        assert h.service(unit).is_running, "the writer died during the backup"
     try:
         # The writer went on during the backup: its longest pause is the hold (plus its own step).
         gaps = ("SELECT COUNT(*), COALESCE(MAX(gap), 0) FROM (SELECT at, TIMESTAMPDIFF(MICROSECOND, "
@@ -447,9 +462,6 @@ def test_a_backup_taken_during_writes_restores_to_its_manifest(backed_up, hosts,
         h.run("mariadb multinotes -e 'DROP TABLE IF EXISTS ops_writes'")
 
 
-PITR_WRITER = ("while :; do mariadb multinotes -e 'INSERT INTO ops_pitr (at) VALUES (NOW(6))' || exit 1; sleep 0.02; done")
-
-
 def count(h, where, table="multinotes.ops_pitr"):
     return int(h.check_output("mariadb -N -e %s", f"SELECT COUNT(*) FROM {table} WHERE {where}"))
 
@@ -461,19 +473,15 @@ def test_a_point_in_time_restore_has_every_commit_up_to_that_second_and_none_aft
     the drill database holds exactly the rows committed at or before T: the dump's, and the
     replayed ones after it. Restored to `latest`, it holds every row."""
     h = hosts[name]
-    h.check_output("mariadb multinotes -e 'DROP TABLE IF EXISTS ops_pitr; CREATE TABLE ops_pitr "
-                   "(id INT AUTO_INCREMENT PRIMARY KEY, at DATETIME(6) NOT NULL)'")
-    try:
-        h.check_output("systemd-run --unit=ops-pitr-writer sh -c %s", PITR_WRITER)
+    create_writes_table(h, "ops_pitr")
+    with writer(h, "ops_pitr", pause=0.02) as unit:
         h.check_output("multinotes-backup mariadb")
         h.check_output("sleep 2")
         until = h.check_output("date -u '+%F %T'")
         h.check_output("sleep 2")
         shipped = h.run("multinotes-backup binlogs")
         assert shipped.rc == 0, shipped.stderr
-        assert h.service("ops-pitr-writer").is_running, "the writer died"
-    finally:
-        h.run("systemctl stop ops-pitr-writer")
+        assert h.service(unit).is_running, "the writer died"
     try:
         h.check_output("multinotes-backup binlogs")
         shipped_to = f"{BUCKET_DIR}/molecule/{name}/mariadb-binlog/{h.check_output('cat /var/lib/mysql/multinotes-binlog-epoch')}"
@@ -525,9 +533,6 @@ def test_a_restore_point_before_every_backup_is_refused_naming_the_oldest(backed
     assert rc != 0 and "no complete backup of multinotes was taken at or before 2020-01-01 00:00:00 UTC" in out, out
 
 
-LOSS_WRITER = ("while :; do mariadb multinotes -e 'INSERT INTO ops_loss (at) VALUES (NOW(6))' || exit 1; sleep 0.02; done")
-
-
 def test_a_lost_database_host_comes_back_to_its_last_shipped_commit(backed_up, hosts, s3, identity):
     """Runs last: it loses ops-13's database. A writer commits continuously; a dump and a
     shipping run happen during the writes; the writes go on; then MariaDB is killed -9 and its
@@ -536,13 +541,10 @@ def test_a_lost_database_host_comes_back_to_its_last_shipped_commit(backed_up, h
     exactly the commits up to the last shipping run, none missing and nothing else: the loss
     is the measured RPO."""
     h = hosts["ops-13"]
-    h.check_output("mariadb multinotes -e 'CREATE TABLE ops_loss (id INT AUTO_INCREMENT PRIMARY KEY, at DATETIME(6) NOT NULL)'")
-    try:
-        h.check_output("systemd-run --unit=ops-loss-writer sh -c %s", LOSS_WRITER)
+    create_writes_table(h, "ops_loss")
+    with writer(h, "ops_loss", pause=0.02):
         h.check_output("multinotes-backup mariadb")
         h.check_output("sleep 2; multinotes-backup binlogs; sleep 3")
-    finally:
-        h.run("systemctl stop ops-loss-writer")
     truth = h.check_output("mariadb -N -e 'SELECT id, at FROM multinotes.ops_loss ORDER BY id'").splitlines()
     notes = h.check_output("mariadb -N -e 'SELECT COUNT(*) FROM multinotes.notes'")
     old_epoch = h.check_output("cat /var/lib/mysql/multinotes-binlog-epoch")
