@@ -5,9 +5,11 @@ and the `latest` pointer where it was. Real processes stand in the pipeline; the
 is a recording fake, so what the program asks of the store is what is asserted."""
 
 import datetime as dt
+import gzip
 import hashlib
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -163,6 +165,44 @@ def boto_stub(monkeypatch):
 CFG = {"s3": {"bucket": "b", "prefix": "p"}, "compress": {"tool": "gzip"}, "host": "ops-12"}
 
 
+def test_the_pipeline_pipes_hold_a_mebibyte_so_the_dump_streams_while_the_uploader_waits(monkeypatch, tmp_path):
+    """The real pipeline (source | gzip | age, age a pass-through here): each of its three
+    pipes widened to PIPE_BYTES, and the stream is still the compressed source."""
+    (tmp_path / "age").write_text("#!/bin/sh\nexec cat\n")
+    (tmp_path / "age").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    sizes = []
+    real = mb.widen_pipe
+
+    def widen(stream):
+        real(stream)
+        sizes.append(mb.fcntl.fcntl(stream.fileno(), mb.fcntl.F_GETPIPE_SZ))
+    monkeypatch.setattr(mb, "widen_pipe", widen)
+    cfg = {**CFG, "compress": {"tool": "gzip", "level": 1}, "age_recipients": ["age1test"]}
+    procs, out = mb.pipeline(cfg, ["printf", "dump-bytes"])
+    stream = out.read()
+    assert [proc.wait() for _, proc, _ in procs] == [0, 0, 0]
+    assert sizes == [mb.PIPE_BYTES] * 3
+    assert gzip.decompress(stream) == b"dump-bytes"
+
+
+def test_the_s3_client_is_built_beside_the_run_and_its_failure_raised_where_it_is_used(monkeypatch):
+    built = threading.Event()
+
+    def s3_client(cfg):
+        built.set()
+        if cfg["s3"]["endpoint"] == "bad":
+            raise ValueError("Invalid endpoint: bad")
+        return types.SimpleNamespace(head_object=lambda **kw: {"ContentLength": 3})
+    monkeypatch.setattr(mb, "s3_client", s3_client)
+    client = mb.S3Client({"s3": {"endpoint": "ok"}})
+    assert built.wait(5), "the client was not built in the background"
+    assert client.head_object(Bucket="b", Key="k") == {"ContentLength": 3}
+    failing = mb.S3Client({"s3": {"endpoint": "bad"}})
+    with pytest.raises(ValueError, match="Invalid endpoint: bad"):
+        failing.list_objects_v2(Bucket="b")
+
+
 def test_a_complete_upload_writes_data_then_manifest_then_latest(monkeypatch, boto_stub):
     monkeypatch.setattr(mb, "pipeline", lambda cfg, argv, env=None, on_source_line=None: procs_of(["printf", "dump-bytes"]))
     s3 = FakeS3()
@@ -264,11 +304,56 @@ def test_commits_are_held_from_before_the_manifest_snapshot_until_the_dump_has_i
         assert statements(sessions, "holder").count("BACKUP STAGE END") == 1
         facts = snap.facts()
     # The binary log position is read while commits are held: the position of both snapshots.
-    assert facts == {"tables": {"notes": {"rows": 3, "checksum": "123456"}}, "checksum_method": "rows-md5",
+    assert facts == {"tables": {"notes": {"rows": 3, "checksum": "123456"}}, "checksum_method": "rows-crc32",
                      "binlog": {"enabled": True, "gtid_binlog_pos": "0-1-42"}}
     # The facts were read in the reader's snapshot, after the release.
     assert sessions.index(("reader", mb.list_tables_sql("multinotes"))) > sessions.index(("holder", "BACKUP STAGE END"))
     assert ("reader", "close") in sessions and ("holder", "close") in sessions
+
+
+def test_the_facts_are_read_while_the_dump_streams_not_after_it(sessions, monkeypatch):
+    """The digest (a table scan) starts at the dump's snapshot line, in its own thread: by
+    the time the dump has ended, it has run, and facts() only collects it."""
+    started = threading.Event()
+    original = FakeSession.query
+
+    def slow_digest(self, sql):
+        if sql.startswith("SELECT COUNT(*), COALESCE"):
+            started.set()
+        return original(self, sql)
+    monkeypatch.setattr(FakeSession, "query", slow_digest)
+    with mb.ConsistentManifest(MCFG, "multinotes") as snap:
+        snap.on_dump_line(b"-- Retrieving table structure for table notes...\n")
+        # The dump is still streaming (no EOF yet) and the digest is already running.
+        assert started.wait(5), "the digest did not start at the dump's snapshot"
+        snap.on_dump_line(b"-- Sending SELECT query...\n")
+        snap.on_dump_line(None)
+        assert snap.facts()["tables"] == {"notes": {"rows": 3, "checksum": "123456"}}
+    digests = [q for s, q in sessions if s == "reader" and q.startswith("SELECT COUNT(*)")]
+    assert len(digests) == 1, "the facts were read more than once"
+
+
+def test_a_failed_digest_fails_the_manifest_and_the_sessions_close(sessions, monkeypatch):
+    original = FakeSession.query
+
+    def broken_digest(self, sql):
+        if sql.startswith("SELECT COUNT(*), COALESCE"):
+            raise mb.BackupError("mariadb query failed (SELECT ...): Lost connection to server during query")
+        return original(self, sql)
+    monkeypatch.setattr(FakeSession, "query", broken_digest)
+    with pytest.raises(mb.BackupError, match="Lost connection"):
+        with mb.ConsistentManifest(MCFG, "multinotes") as snap:
+            snap.on_dump_line(b"-- Retrieving table structure for table notes...\n")
+            snap.on_dump_line(None)
+            snap.facts()
+    assert ("reader", "close") in sessions and ("holder", "close") in sessions
+
+
+def test_a_dump_without_a_snapshot_line_still_gets_its_facts_once(sessions):
+    with mb.ConsistentManifest(MCFG, "multinotes") as snap:
+        snap.on_dump_line(None)
+        assert snap.facts()["tables"] == {"notes": {"rows": 3, "checksum": "123456"}}
+    assert sum(1 for s, q in sessions if s == "reader" and q.startswith("SELECT COUNT(*)")) == 1
 
 
 def test_a_dump_that_ends_before_its_snapshot_releases_the_commits(sessions):
@@ -302,9 +387,19 @@ def test_a_failure_while_taking_the_hold_closes_both_sessions(sessions, monkeypa
     assert "BACKUP STAGE END" not in statements(sessions, "holder")
 
 
-def test_the_row_digest_quotes_every_column_and_restores_check_the_manifests_method():
+def test_the_row_digest_marks_nulls_and_lengths_and_restores_check_the_manifests_method():
+    sql = mb.rows_crc32_sql("multinotes", "no`tes", ["id", "bo`dy"])
+    assert sql == ("SELECT COUNT(*), COALESCE(SUM(CRC32(CONCAT_WS(',', `id`, `bo``dy`, "
+                   "CONCAT(ISNULL(`id`), ISNULL(`bo``dy`)), CONCAT_WS('.', LENGTH(`id`), LENGTH(`bo``dy`))))), 0) "
+                   "FROM `multinotes`.`no``tes`")
+    # The rows-md5 manifests of earlier backups are still checked their own way.
     sql = mb.rows_md5_sql("multinotes", "no`tes", ["id", "body"])
     assert "QUOTE(`id`), QUOTE(`body`)" in sql and "FROM `multinotes`.`no``tes`" in sql
+    asked = []
+    mb.table_facts(lambda q: asked.append(q) or ([["notes"]] if q.startswith("SELECT table_name") else
+                                                 [["id"]] if q.startswith("SELECT column_name") else [["1", "2"]]),
+                   "multinotes", mb.MD5_CHECKSUM_METHOD)
+    assert any("MD5(" in q for q in asked) and not any("CRC32(" in q for q in asked)
     asked = []
 
     def query(sql):
