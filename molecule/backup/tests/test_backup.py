@@ -3,9 +3,12 @@ enforced), real MariaDB and Redis, the real operator playbooks, a webhook receiv
 
 import contextlib
 import datetime as dt
+import importlib.util
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -119,6 +122,32 @@ def test_drill_restores_identical_rows_and_checksums(backed_up, hosts, identity,
     assert "nightly" in h.check_output("mariadb -N -e 'SHOW EVENTS FROM multinotes_drill'")
     # The private key did not stay on the host.
     assert h.run("ls /run | grep -c multinotes-restore").stdout.strip() == "0"
+
+
+def backup_program():
+    spec = importlib.util.spec_from_file_location("multinotes_backup", PROJECT / "roles/backup/files/multinotes-backup.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_the_row_digest_tells_apart_rows_that_read_alike(hosts, name):
+    """The manifest's rows-crc32 digest, run by the real server: rows whose values would
+    read as the same text (a NULL or an empty string, a comma inside a value or between two)
+    get different digests; binary, accented and time values are summed without an error."""
+    digest = backup_program().rows_crc32_sql("multinotes", "digest_probe", ["a", "b", "c", "d"])
+    rows = ["'a', NULL", "NULL, 'a'", "'a,b', 'c'", "'a', 'b,c'", "'', NULL", "NULL, ''", "'a', ''"]
+    h = hosts[name]
+    sql = ("SET SESSION sql_log_bin=0; DROP TABLE IF EXISTS digest_probe; CREATE TABLE digest_probe "
+           "(a VARCHAR(10) NULL, b VARCHAR(10) NULL, c VARBINARY(10) NULL, d DATETIME(3) NULL); ")
+    for values in rows:
+        sql += (f"DELETE FROM digest_probe; INSERT INTO digest_probe VALUES ({values}, 0xff00, "
+                f"'2026-12-05 07:00:00.123'); {digest}; ")
+    sql += "DROP TABLE digest_probe"
+    out = h.check_output("mariadb -N -B multinotes -e %s", sql).splitlines()
+    digests = [line.split("\t")[1] for line in out]
+    assert len(digests) == len(rows) and len(set(digests)) == len(rows), dict(zip(rows, digests))
 
 
 @pytest.mark.parametrize("name", HOSTS)
@@ -441,7 +470,7 @@ def test_a_backup_taken_during_writes_restores_to_its_manifest(backed_up, hosts,
         assert float(pause) < 2.0, f"commits were held {pause} s"
         latest = json.loads(s3.check_output("cat %s/latest.json", prefix_dir("ops-12")))
         manifest = json.loads(s3.check_output("cat %s/%s.manifest.json", prefix_dir("ops-12"), latest["stamp"]))
-        assert manifest["checksum_method"] == "rows-md5"
+        assert manifest["checksum_method"] == "rows-crc32"
         # The binary log position in the manifest is the dump's moment: each of the writer's
         # rows is one transaction, so exactly the rows in the manifest were committed between
         # the table's creation and that position (where a point-in-time replay starts).
@@ -516,6 +545,70 @@ def test_a_point_in_time_restore_has_every_commit_up_to_that_second_and_none_aft
         h.run("mariadb multinotes -e 'DROP TABLE IF EXISTS ops_pitr'")
 
 
+def shipped_files(s3, name, epoch):
+    """The numbers of the binary log files shipped for one server history, in order."""
+    listing = s3.check_output("ls %s", f"{BUCKET_DIR}/molecule/{name}/mariadb-binlog/{epoch}").split()
+    return sorted(int(m.group(1)) for m in (re.search(r"\.(\d{6})\.manifest\.json$", f) for f in listing) if m)
+
+
+def binlog_metrics(h):
+    text = h.run("cat /var/lib/prometheus/node-exporter/multinotes-backup-binlog.prom").stdout
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(multinotes_backup_\w+)\{[^}]*\} (\d+)$", text, re.M)}
+
+
+def test_shipping_survives_an_s3_outage_and_a_mariadb_restart_and_alerts_while_it_lags(backed_up, hosts, s3, identity):
+    """The S3 store goes away for a while, and MariaDB restarts meanwhile (a new binary log
+    file). Each shipping run during the outage fails and alerts, and the exported coverage
+    stays where it was; once S3 is back the next run ships everything: the files' numbers
+    have no gap and a restore to `latest` holds every row written before, during and after."""
+    h = hosts["ops-12"]
+    create_writes_table(h, "ops_outage")
+    # node exporter's textfile directory, where the exporters role makes it: the gauges go there.
+    h.check_output("install -d -m 0755 /var/lib/prometheus/node-exporter")
+
+    def write(rows):
+        h.check_output("mariadb multinotes -e %s", f"INSERT INTO ops_outage (at) SELECT NOW(6) FROM seq_1_to_{rows}")
+    try:
+        write(50)
+        h.check_output("multinotes-backup binlogs")
+        epoch = h.check_output("cat /var/lib/mysql/multinotes-binlog-epoch")
+        covered_before = binlog_metrics(h)["multinotes_backup_binlog_covered_until_timestamp_seconds"]
+        alerts_before = len(alerts(s3))
+        s3.check_output("systemctl stop ops-s3")
+        try:
+            write(50)
+            failed = h.run("multinotes-backup binlogs")
+            assert failed.rc != 0 and re.search("Could not connect|Connection refused|EndpointConnectionError", failed.stderr), failed.stderr
+            h.check_output("systemctl restart mariadb")
+            write(50)
+            failed = h.run("multinotes-backup binlogs")
+            assert failed.rc != 0, failed.stderr
+            lagging = binlog_metrics(h)
+            assert lagging["multinotes_backup_last_run_success"] == 0, lagging
+            assert lagging["multinotes_backup_binlog_covered_until_timestamp_seconds"] == covered_before, lagging
+            new = [a for a in alerts(s3)[alerts_before:] if a["check"] == "backup-binlog"]
+            assert len(new) >= 2 and all(a["host"] == "ops-12" for a in new), new
+        finally:
+            s3.check_output("systemctl start ops-s3")
+        s3.check_output("bash -c %s", "for i in $(seq 100); do (: <>/dev/tcp/127.0.0.1/9000) 2>/dev/null && exit 0; "
+                        "sleep 0.1; done; exit 1")
+        shipped = h.run("multinotes-backup binlogs")
+        assert shipped.rc == 0, shipped.stderr
+        caught_up = binlog_metrics(h)
+        assert caught_up["multinotes_backup_last_run_success"] == 1, caught_up
+        assert caught_up["multinotes_backup_binlog_covered_until_timestamp_seconds"] > covered_before, caught_up
+        numbers = shipped_files(s3, "ops-12", epoch)
+        assert numbers == list(range(numbers[0], numbers[-1] + 1)), f"a gap in the shipped files: {numbers}"
+        rc, out, _ = testlib.run_playbook(PROJECT / "playbooks/restore.yml", limit="ops-12", extra_vars={
+            "backup_restore_identity": identity, "backup_restore_to": "latest"})
+        assert rc == 0, out
+        assert h.check_output("mariadb -N -e 'SELECT COUNT(*) FROM multinotes_drill.ops_outage'") == "150"
+        print(f"S3 outage with a MariaDB restart: {len(new)} failed runs alerted, then files "
+              f"{numbers[0]}-{numbers[-1]} shipped without a gap; all 150 rows restored")
+    finally:
+        h.run("mariadb multinotes -e 'DROP TABLE IF EXISTS ops_outage'")
+
+
 @pytest.mark.parametrize("restore_to,message", [
     ("2026-12-01T14:03:27", "must be a UTC time like"),
     ("2999-01-01 00:00:00", "not in\nthe future|not in the future"),
@@ -533,41 +626,71 @@ def test_a_restore_point_before_every_backup_is_refused_naming_the_oldest(backed
     assert rc != 0 and "no complete backup of multinotes was taken at or before 2020-01-01 00:00:00 UTC" in out, out
 
 
-def test_a_lost_database_host_comes_back_to_its_last_shipped_commit(backed_up, hosts, s3, identity):
-    """Runs last: it loses ops-13's database. A writer commits continuously; a dump and a
-    shipping run happen during the writes; the writes go on; then MariaDB is killed -9 and its
-    data directory and the backup state are wiped (a lost disk) and a new server is started
-    from nothing, as a rebuilt host's converge would. Restored to `latest`, the database holds
-    exactly the commits up to the last shipping run, none missing and nothing else: the loss
-    is the measured RPO."""
+def rebuild_host(name, image):
+    """A new host in place of a destroyed one: the container created again from the image,
+    then prepared and converged from the scenario's inventory, as a replacement VM would be."""
+    create = subprocess.run(
+        ["ansible-playbook", "-i", "localhost,", "-c", "local", str(SCENARIO.parent / "_harness/create.yml"),
+         "-e", json.dumps({"ansible_python_interpreter": sys.executable, "harness_network": "multinotes-backup",
+                           "harness_platforms": [{"name": name, "image": image}]})],
+        env=dict(os.environ, ANSIBLE_CONFIG=str(Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "ansible.cfg")),
+        capture_output=True, text=True, timeout=600)
+    assert create.returncode == 0, (create.stdout + create.stderr)[-3000:]
+    for playbook in ("prepare.yml", "converge.yml"):
+        rc, out, _ = testlib.run_playbook(SCENARIO / playbook, limit=name)
+        assert rc == 0, out[-3000:]
+
+
+def test_a_destroyed_database_host_is_rebuilt_and_restored_to_a_second_then_to_its_last_shipped_commit(
+        backed_up, hosts, s3, identity):
+    """Runs last: it destroys ops-13. A writer commits continuously (each row carries its
+    commit time); a dump and a shipping run happen during the writes, T is noted between
+    them; the writes go on; then MariaDB is killed -9 and the container removed. A new ops-13
+    is created and converged from the same inventory. Restored to T, it holds every row
+    committed at or before T and none after; restored to `latest`, exactly the commits up to
+    the last shipping run, in order: the loss is the measured RPO."""
     h = hosts["ops-13"]
     create_writes_table(h, "ops_loss")
     with writer(h, "ops_loss", pause=0.02):
         h.check_output("multinotes-backup mariadb")
+        h.check_output("sleep 2")
+        until = h.check_output("date -u '+%F %T'")
         h.check_output("sleep 2; multinotes-backup binlogs; sleep 3")
     truth = h.check_output("mariadb -N -e 'SELECT id, at FROM multinotes.ops_loss ORDER BY id'").splitlines()
     notes = h.check_output("mariadb -N -e 'SELECT COUNT(*) FROM multinotes.notes'")
     old_epoch = h.check_output("cat /var/lib/mysql/multinotes-binlog-epoch")
-    # The host is lost: the server dies, its disk and the backup's local state with it.
-    h.check_output("systemctl kill -s KILL mariadb; systemctl stop mariadb; rm -rf /var/lib/mysql/* /var/lib/multinotes-backup/*")
-    h.check_output("mariadb-install-db --user=mysql --skip-test-db > /dev/null && systemctl start mariadb")
-    h.check_output("mariadb -e %s", "CREATE DATABASE multinotes CHARACTER SET utf8mb4; "
-                   f"CREATE USER 'backup'@'localhost' IDENTIFIED BY '{secret('db_backup_password')}'; "
-                   "GRANT SELECT, SHOW VIEW, TRIGGER, EVENT, LOCK TABLES, PROCESS, RELOAD ON *.* TO 'backup'@'localhost'")
-    rc, out, _ = testlib.run_playbook(PROJECT / "playbooks/restore.yml", limit="ops-13", extra_vars={
-        "backup_restore_identity": identity, "backup_restore_to": "latest", "backup_restore_target": "multinotes",
-        "backup_restore_confirm_live": True})
+    # The host is lost: the server dies, then the machine and its disk are gone.
+    h.check_output("systemctl kill -s KILL mariadb")
+    image = subprocess.run(["docker", "inspect", "-f", "{{.Config.Image}}", "ops-13"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    subprocess.run(["docker", "rm", "-f", "ops-13"], capture_output=True, check=True)
+    rebuild_host("ops-13", image)
+    restore = {"backup_restore_identity": identity, "backup_restore_target": "multinotes", "backup_restore_confirm_live": True}
+    rc, out, _ = testlib.run_playbook(PROJECT / "playbooks/restore.yml", limit="ops-13",
+                                      extra_vars={**restore, "backup_restore_to": until})
+    assert rc == 0, out
+    cut = dt.datetime.fromisoformat(until) + dt.timedelta(seconds=1)
+    upto = [r for r in truth if dt.datetime.fromisoformat(r.split("\t")[1]) < cut]
+    restored = h.check_output("mariadb -N -e 'SELECT id, at FROM multinotes.ops_loss ORDER BY id'").splitlines()
+    assert restored == upto, f"restored to {until}: {len(restored)} rows, {len(upto)} committed up to then"
+    assert len(truth) > len(upto), "no commit after T: the test proves nothing"
+    # The restore shipped the new server's own log first: under a history of its own.
+    new_epoch = h.check_output("cat /var/lib/mysql/multinotes-binlog-epoch")
+    assert new_epoch and new_epoch != old_epoch, "the rebuilt server took over the lost one's binary log history"
+
+    rc, out, _ = testlib.run_playbook(PROJECT / "playbooks/restore.yml", limit="ops-13",
+                                      extra_vars={**restore, "backup_restore_to": "latest"})
     assert rc == 0, out
     restored = h.check_output("mariadb -N -e 'SELECT id, at FROM multinotes.ops_loss ORDER BY id'").splitlines()
     assert restored and restored == truth[:len(restored)], "the restored commits are not the first ones, in order"
     assert h.check_output("mariadb -N -e 'SELECT COUNT(*) FROM multinotes.notes'") == notes
     covered = json.loads(s3.check_output("cat %s/covered.json", f"{BUCKET_DIR}/molecule/ops-13/mariadb-binlog/{old_epoch}"))
     last_kept, last_lost = (dt.datetime.fromisoformat(rows.split("\t")[1]) for rows in (restored[-1], truth[-1]))
-    cut = dt.datetime.strptime(covered["covered_until"], "%Y%m%dT%H%M%SZ")
+    shipped_until = dt.datetime.strptime(covered["covered_until"], "%Y%m%dT%H%M%SZ")
     # Every commit before the last shipping run is back (its second may hold a few after it).
-    assert last_kept >= cut - dt.timedelta(seconds=1), (last_kept, cut)
+    assert last_kept >= shipped_until - dt.timedelta(seconds=1), (last_kept, shipped_until)
     rpo = (last_lost - last_kept).total_seconds()
-    print(f"host lost: {len(truth)} commits, {len(restored)} restored, {len(truth) - len(restored)} lost; "
-          f"measured RPO {rpo:.1f} s (the writes after the last shipping run); the rebuilt server's binary log "
-          f"history is {h.check_output('cat /var/lib/mysql/multinotes-binlog-epoch')}, the lost one's {old_epoch}")
+    print(f"host destroyed: {len(truth)} commits; rebuilt and restored to {until}: {len(upto)} rows, none after; "
+          f"to latest: {len(restored)}, {len(truth) - len(restored)} lost = measured RPO {rpo:.1f} s (the writes "
+          f"after the last shipping run); the new server's binary log history is {new_epoch}, the lost one's {old_epoch}")
     assert rpo <= 5 * 60
