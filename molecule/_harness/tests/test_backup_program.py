@@ -560,3 +560,62 @@ def test_a_dumps_manifest_names_the_binlog_history_only_when_the_log_is_on():
     on = mb.with_epoch(lambda: {"binlog": {"enabled": True, "gtid_binlog_pos": "0-1-5"}}, "20261130T000000Z")()
     off = mb.with_epoch(lambda: {"binlog": {"enabled": False, "gtid_binlog_pos": ""}}, "20261130T000000Z")()
     assert on["binlog"]["epoch"] == "20261130T000000Z" and "epoch" not in off["binlog"]
+
+
+# --- Physical base backups ----------------------------------------------------------
+
+@pytest.mark.parametrize("line,file,gtid", [
+    # MariaDB 11.8's mariadb-backup
+    (b"[00] 2026-12-05 06:50:44 MySQL binlog position: filename 'ops-binlog.000002', position '1143269', "
+     b"GTID of the last change '0-1-13'\n", "ops-binlog.000002", "0-1-13"),
+    # no GTID yet on a server that never committed with the binary log on
+    (b"[00] 2026-12-05 06:50:44 MySQL binlog position: filename 'mariadb-bin.000001', position '330'\n",
+     "mariadb-bin.000001", ""),
+])
+def test_the_base_backups_binlog_position_is_read_from_its_log(line, file, gtid):
+    position = mb.BasePosition()
+    assert position(b"[01] 2026-12-05 06:50:44 Streaming ./sys/sys_config.ibd\n") is False
+    assert position.file is None
+    assert position(line) is False, "the line must stay in the error buffer"
+    assert (position.file, position.gtid) == (file, gtid)
+    position(None)  # EOF
+    assert (position.file, position.gtid) == (file, gtid)
+
+
+BCFG = {"s3": {"bucket": "b", "prefix": "p"}, "compress": {"tool": "zstd"}, "host": "ops-12", "state_dir": "",
+        "mariadb": {"enabled": True, "databases": ["db"], "defaults_file": "/x.cnf",
+                    "base": {"enabled": True, "command": "mariadb-backup", "max_age_hours": 192}}}
+
+
+def test_a_base_whose_position_was_never_reported_is_not_completed(monkeypatch, boto_stub, tmp_path):
+    """mariadb-backup that ends without its position line: no manifest, no latest pointer,
+    no object: a base that no replay could start from is not a backup."""
+    cfg = {**BCFG, "state_dir": str(tmp_path), "lock_dir": str(tmp_path)}
+    monkeypatch.setattr(mb, "mariadb_query", lambda *a, **k: [["1", "/var/lib/mysql/binlog", "11.8.3-MariaDB"]])
+    monkeypatch.setattr(mb, "binlog_epoch", lambda basename: "20261205T000000Z")
+    monkeypatch.setattr(mb, "pipeline", lambda cfg, argv, env=None, on_source_line=None: procs_of(["printf", "copy"]))
+    s3 = FakeS3()
+    with pytest.raises(mb.BackupError, match="did not report the binary log position"):
+        mb.backup_base(cfg, s3)
+    assert s3.objects == {}, "a base without its position was left in the store"
+    assert list(tmp_path.glob("base.*")) == [], "the work directory was left"
+
+
+def test_binlogs_are_kept_for_the_oldest_dump_or_base_whichever_is_older():
+    def keys(store, name, *stamps):
+        return [f"p/{store}/{name}/{s}.manifest.json" for s in stamps]
+    s3 = FakeS3(keys("mariadb", "db", "20261201T021700Z", "20261204T021700Z")
+                + keys("mariadb-base", "server", "20261122T013700Z", "20261129T013700Z"))
+    assert mb.oldest_recovery_point(BCFG, s3, ["20261203T021700Z"]) == mb.parse_stamp("20261122T013700Z")
+    no_base = {**BCFG, "mariadb": {**BCFG["mariadb"], "base": {"enabled": False}}}
+    assert mb.oldest_recovery_point(no_base, s3, ["20261203T021700Z"]) == mb.parse_stamp("20261201T021700Z")
+
+
+def test_a_base_is_missing_or_stale_past_its_max_age(monkeypatch):
+    now = dt.datetime.now(dt.timezone.utc)
+    fresh, old = ((now - dt.timedelta(days=d)).strftime(mb.STAMP) for d in (2, 9))
+    assert mb.base_missing_or_stale(BCFG, FakeS3()) is True
+    assert mb.base_missing_or_stale(BCFG, FakeS3([f"p/mariadb-base/server/{fresh}.manifest.json"])) is False
+    assert mb.base_missing_or_stale(BCFG, FakeS3([f"p/mariadb-base/server/{old}.manifest.json"])) is True
+    # A data object without its manifest is not a base.
+    assert mb.base_missing_or_stale(BCFG, FakeS3([f"p/mariadb-base/server/{fresh}.mbstream.zst.age"])) is True

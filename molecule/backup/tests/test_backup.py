@@ -379,7 +379,7 @@ def cron_entries(h):
 
 
 @pytest.mark.parametrize("name", HOSTS)
-@pytest.mark.parametrize("job", ["all", "check-freshness", "binlogs"])
+@pytest.mark.parametrize("job", ["all", "check-freshness", "binlogs", "base"])
 def test_cron_line_runs_in_crons_own_environment(backed_up, hosts, s3, name, job):
     """The cron line itself, run as cron runs it: the file's variables and HOME/LOGNAME only,
     no terminal, no inherited PATH. `all` writes a new backup (a new stamp in latest.json);
@@ -543,6 +543,49 @@ def test_a_point_in_time_restore_has_every_commit_up_to_that_second_and_none_aft
         assert s3.check_output("ls %s", shipped_to) == before
     finally:
         h.run("mariadb multinotes -e 'DROP TABLE IF EXISTS ops_pitr'")
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_a_base_backup_restores_to_a_second_with_the_binary_log(backed_up, hosts, s3, identity, name):
+    """A physical base backup (mariadb-backup, streamed through zstd | age | S3) is taken
+    while a writer commits; T is noted; the writes go on and the log is shipped. Restored
+    from the base to T (the copy prepared and started as a private server, its database
+    loaded into the drill and checked against it, the log replayed), the drill holds exactly
+    the rows committed at or before T. The copy never touched the host's disk in full."""
+    h = hosts[name]
+    create_writes_table(h, "ops_base")
+    with writer(h, "ops_base", pause=0.02) as unit:
+        h.check_output("sleep 1")
+        taken = h.run("multinotes-backup base")
+        assert taken.rc == 0, taken.stderr
+        h.check_output("sleep 2")
+        until = h.check_output("date -u '+%F %T'")
+        h.check_output("sleep 2")
+        h.check_output("multinotes-backup binlogs")
+        assert h.service(unit).is_running, "the writer died during the base backup"
+    try:
+        base_dir = f"{BUCKET_DIR}/molecule/{name}/mariadb-base/server"
+        latest = json.loads(s3.check_output("cat %s/latest.json", base_dir))
+        manifest = json.loads(s3.check_output("cat %s/%s.manifest.json", base_dir, latest["stamp"]))
+        assert manifest["kind"] == "mariadb-backup" and manifest["key"].endswith(".mbstream.zst.age"), manifest
+        assert re.fullmatch(r"\d+-\d+-\d+", manifest["binlog"]["gtid_binlog_pos"]), manifest["binlog"]
+        assert s3.check_output("head -c 21 %s/%s.mbstream.zst.age", base_dir, latest["stamp"]) == "age-encryption.org/v1"
+        assert h.run("ls /var/lib/multinotes-backup | grep -q '^base\\.'").rc != 0, "the base's work directory was left"
+        cut = f"at < '{until}' + INTERVAL 1 SECOND"
+        expected = count(h, cut, "multinotes.ops_base")
+        assert count(h, "NOT (" + cut + ")", "multinotes.ops_base") > 0
+        rc, out, _ = testlib.run_playbook(PROJECT / "playbooks/restore.yml", limit=name, extra_vars={
+            "backup_restore_identity": identity, "backup_restore_to": until, "backup_restore_from_base": True})
+        assert rc == 0, out
+        drill = json.loads(h.check_output("cat /var/lib/multinotes-backup/last-drill.json"))
+        assert drill["result"] == "pass" and drill["store"] == "mariadb-base" and drill["stamp"] == latest["stamp"], drill
+        assert count(h, "1", "multinotes_drill.ops_base") == expected
+        assert count(h, "NOT (" + cut + ")", "multinotes_drill.ops_base") == 0
+        assert h.run("ls -d /var/tmp/base-restore.*").rc != 0, "the restore's copy was left on disk"
+        print(f"{name}: base {latest['stamp']} ({manifest['size']} bytes, GTID {manifest['binlog']['gtid_binlog_pos']}) "
+              f"restored to {until} UTC with {len(drill['binlogs'])} binary log files: {expected} rows, none after")
+    finally:
+        h.run("mariadb multinotes -e 'DROP TABLE IF EXISTS ops_base'")
 
 
 def shipped_files(s3, name, epoch):

@@ -2,13 +2,15 @@
 # Installed by the backup role as /usr/local/sbin/multinotes-backup (as it is: no template).
 """MultinotesAI backups: stream a dump or snapshot through compress | age | S3, never to disk.
 
-Subcommands: mariadb, redis, all (what cron runs), prune, check-freshness, check-certs,
-restore-mariadb, restore-redis, alert-test. Settings: /etc/multinotes-backup/config.json.
+Subcommands: mariadb, redis, all (what cron runs), binlogs, base (a physical base backup
+with mariadb-backup), prune, check-freshness, check-certs, restore-mariadb (--to a point,
+--from-base), restore-redis, alert-test. Settings: /etc/multinotes-backup/config.json.
 Any failure exits non-zero and calls the alert hook; a failed run leaves no object behind
 and does not touch the previous backups or the latest pointer.
 """
 
 import argparse
+import contextlib
 import datetime as dt
 import fcntl
 import glob
@@ -519,7 +521,7 @@ def backup_mariadb(cfg, client):
                               with_epoch(snapshot.facts, epoch), on_source_line=snapshot.on_dump_line)
             kept.append(min(prune(cfg, client, "mariadb", database)))
         if binlog_enabled(cfg):
-            prune_binlogs(cfg, client, parse_stamp(min(kept)))
+            prune_binlogs(cfg, client, oldest_recovery_point(cfg, client, kept))
 
 
 def with_epoch(facts, epoch):
@@ -706,8 +708,8 @@ def binlogs_to_replay(objects, dump_stamp, until):
 
 
 def prune_binlogs(cfg, client, oldest_kept):
-    """Delete the shipped files no kept dump needs (their last event before the oldest kept
-    dump, with the selection margin)."""
+    """Delete the shipped files no kept dump or base backup needs (their last event before
+    the oldest one, with the selection margin)."""
     bucket = cfg["s3"]["bucket"]
     keys = list_keys(client, bucket, binlog_prefix(cfg))
     deleted = 0
@@ -717,7 +719,192 @@ def prune_binlogs(cfg, client, oldest_kept):
                 client.delete_object(Bucket=bucket, Key=key)
                 deleted += 1
     if deleted:
-        log(f"retention {BINLOG_STORE}: deleted {deleted} objects older than the oldest kept dump")
+        log(f"retention {BINLOG_STORE}: deleted {deleted} objects older than the oldest kept dump or base")
+
+
+# --- MariaDB physical base backups (mariadb-backup) -----------------------------------
+
+BASE_STORE, BASE_NAME = "mariadb-base", "server"
+# mariadb-backup's line naming the binary log position of its consistent point (it takes
+# BACKUP STAGE BLOCK_COMMIT at the end of the copy, so no commit lies across it).
+BASE_POSITION = re.compile(rb"MySQL binlog position: filename '([^']*)', position '(\d+)'"
+                           rb"(?:, GTID of the last change '([^']*)')?")
+
+
+def base_enabled(cfg):
+    return bool(cfg["mariadb"]["enabled"] and (cfg["mariadb"].get("base") or {}).get("enabled"))
+
+
+class BasePosition:
+    """drain_lines' callback for mariadb-backup's stderr: keeps the binary log position of
+    the copy's consistent point. Every line stays in the error buffer (its end is the error)."""
+
+    def __init__(self):
+        self.file = self.gtid = None
+
+    def __call__(self, line):
+        m = BASE_POSITION.search(line or b"")
+        if m:
+            self.file, self.gtid = m.group(1).decode(), (m.group(3) or b"").decode()
+        return False
+
+
+def base_argv(cfg, workdir):
+    m = cfg["mariadb"]
+    return [m["base"]["command"], f"--defaults-extra-file={m['defaults_file']}", "--backup",
+            "--stream=mbstream", f"--target-dir={workdir}"]
+
+
+def backup_base(cfg, client):
+    """A physical copy of the whole server (mariadb-backup --stream) through the same
+    compress | age | S3 pipeline, never on local disk; its manifest names the GTID position
+    a point-in-time replay starts from."""
+    m = cfg["mariadb"]
+    with Lock(cfg, BASE_STORE):
+        log_bin, basename, version = mariadb_query(
+            cfg, "SELECT @@GLOBAL.log_bin, @@GLOBAL.log_bin_basename, VERSION()", m["defaults_file"])[0][:3]
+        epoch = binlog_epoch(basename) if log_bin == "1" else None
+        position = BasePosition()
+        os.makedirs(cfg["state_dir"], exist_ok=True)
+        workdir = tempfile.mkdtemp(prefix="base.", dir=cfg["state_dir"])  # its few temporary files
+
+        def manifest():
+            if position.file is None:
+                raise BackupError(f"{m['base']['command']} did not report the binary log position of its copy")
+            return {"kind": "mariadb-backup", "server_version": version,
+                    "binlog": {"enabled": log_bin == "1", "gtid_binlog_pos": position.gtid,
+                               "file": position.file, "epoch": epoch}}
+        try:
+            upload_stream(cfg, client, BASE_STORE, BASE_NAME, "mbstream." + ext_of(cfg) + ".age",
+                          base_argv(cfg, workdir), manifest, on_source_line=position)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        kept = prune(cfg, client, BASE_STORE, BASE_NAME)
+        if binlog_enabled(cfg):
+            prune_binlogs(cfg, client, oldest_recovery_point(cfg, client, [min(kept)]))
+
+
+def complete_stamps(cfg, client, store, name):
+    keys = list_keys(client, cfg["s3"]["bucket"], base_prefix(cfg, store, name))
+    return sorted(s for s, ks in backups_by_stamp(keys).items() if any(k.endswith(".manifest.json") for k in ks))
+
+
+def oldest_recovery_point(cfg, client, kept):
+    """The oldest kept dump or base backup (KEPT: stamps already known): the shipped binary
+    log older than it is needed by none."""
+    stamps = list(kept)
+    if cfg["mariadb"]["enabled"]:
+        for database in cfg["mariadb"]["databases"]:
+            stamps += complete_stamps(cfg, client, "mariadb", database)[:1]
+        if base_enabled(cfg):
+            stamps += complete_stamps(cfg, client, BASE_STORE, BASE_NAME)[:1]
+    return parse_stamp(min(stamps))
+
+
+def base_missing_or_stale(cfg, client):
+    newest = (complete_stamps(cfg, client, BASE_STORE, BASE_NAME) or [None])[-1]
+    return newest is None or (dt.datetime.now(dt.timezone.utc) - parse_stamp(newest)
+                              > dt.timedelta(hours=cfg["mariadb"]["base"]["max_age_hours"]))
+
+
+def base_for(cfg, client, until):
+    """The manifest of the newest complete base backup stamped at or before UNTIL."""
+    stamps = [s for s in complete_stamps(cfg, client, BASE_STORE, BASE_NAME) if parse_stamp(s) <= until]
+    if not stamps:
+        raise BackupError(f"no complete base backup was taken at or before {until:%Y-%m-%d %H:%M:%S} UTC: "
+                          f"the oldest point this host can restore to from a base is its oldest base backup")
+    manifest = fetch_manifest(cfg, client, BASE_STORE, BASE_NAME, stamps[-1])
+    if not (manifest.get("binlog") or {}).get("epoch"):
+        raise BackupError(f"the base backup {manifest['stamp']} was taken while the binary log was off: "
+                          f"no replay can start from it")
+    return manifest
+
+
+def run_checked(argv, what):
+    proc = subprocess.run(argv, capture_output=True, timeout=6 * 3600)
+    if proc.returncode != 0:
+        raise BackupError(f"{what} failed: " + exit_error(argv[0], proc.returncode, [proc.stdout, proc.stderr]))
+
+
+class TempServer:
+    """A private mariadbd on a prepared copy: no network, no grant tables, no binary log,
+    its socket inside the copy. Stopped (and waited for) on exit."""
+
+    def __init__(self, datadir, start_timeout=120):
+        self.datadir, self.timeout = datadir, start_timeout
+        self.socket = os.path.join(datadir, "restore.sock")
+
+    def __enter__(self):
+        mariadbd = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
+        self.proc = subprocess.Popen(
+            [mariadbd, "--no-defaults", "--user=mysql", f"--datadir={self.datadir}", f"--socket={self.socket}",
+             f"--pid-file={self.datadir}/restore.pid", f"--log-error={self.datadir}/restore.err",
+             "--skip-networking", "--skip-grant-tables", "--skip-log-bin", "--innodb-buffer-pool-size=128M"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = dt.datetime.now() + dt.timedelta(seconds=self.timeout)
+        while dt.datetime.now() < deadline:
+            if self.proc.poll() is not None:
+                break
+            if subprocess.run(["mariadb-admin", f"--socket={self.socket}", "ping"], capture_output=True).returncode == 0:
+                return self
+            threading.Event().wait(0.2)
+        err = ""
+        with contextlib.suppress(OSError), open(f"{self.datadir}/restore.err", encoding="utf-8", errors="replace") as fh:
+            err = fh.read()[-800:]
+        self.__exit__()
+        raise BackupError(f"the restored copy's server did not start: {err.strip()}")
+
+    def query(self, sql, database=None):
+        argv = ["mariadb", f"--socket={self.socket}", "--batch", "--skip-column-names", "-e", sql] + ([database] if database else [])
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=3600)
+        if proc.returncode != 0:
+            raise BackupError(f"query on the restored copy failed: {proc.stderr.strip()}")
+        return [line.split("\t") for line in proc.stdout.splitlines()]
+
+    def __exit__(self, *exc):
+        if self.proc.poll() is None:
+            subprocess.run(["mariadb-admin", f"--socket={self.socket}", "shutdown"], capture_output=True, timeout=300)
+            try:
+                self.proc.wait(timeout=300)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def restore_base_into(cfg, client, args, manifest, defaults, live):
+    """The base's copy of args.database into args.target: the copy extracted and prepared in
+    a private directory, started as a private server, its database streamed into the target
+    (as a dump is); the target's rows then checked against the copy's. Returns the facts."""
+    workdir = tempfile.mkdtemp(prefix="base-restore.", dir=cfg["mariadb"]["base"]["restore_dir"])
+    try:
+        decrypt_into(cfg, client, manifest, args.identity, ["mbstream", "-x", "-C", workdir])
+        run_checked([cfg["mariadb"]["base"]["command"], "--prepare", f"--target-dir={workdir}"],
+                    f"preparing the base backup {manifest['stamp']}")
+        run_checked(["chown", "-R", "mysql:mysql", workdir], "handing the copy to the mysql user")
+        with TempServer(workdir) as server:
+            copied = table_facts(server.query, args.database)
+            if not live:
+                mariadb_query(cfg, f"SET SESSION sql_log_bin=0; DROP DATABASE IF EXISTS {quote_ident(args.target)}; "
+                                   f"CREATE DATABASE {quote_ident(args.target)} CHARACTER SET utf8mb4", defaults)
+            dump = [cfg["mariadb"]["dump_command"], f"--socket={server.socket}", "--single-transaction", "--quick",
+                    "--routines", "--triggers", "--events", "--hex-blob", "--default-character-set=utf8mb4", args.database]
+            sink = client_argv(cfg, defaults) + ([] if live else ["--init-command=SET SESSION sql_log_bin=0"]) + [args.target]
+            src = subprocess.Popen(dump, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            dst = subprocess.Popen(sink, stdin=src.stdout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            src.stdout.close()
+            bufs = {dump[0]: [], sink[0]: []}
+            for name, proc in ((dump[0], src), (sink[0], dst)):
+                threading.Thread(target=drain, args=(proc.stderr, bufs[name]), daemon=True).start()
+            errors = [exit_error(n, p.returncode, bufs[n]) for n, p in ((dump[0], src), (sink[0], dst)) if p.wait() != 0]
+            if errors:
+                raise BackupError(f"loading {args.database} from the base backup failed: " + "; ".join(errors))
+        restored = table_facts(lambda sql: mariadb_query(cfg, sql, defaults), args.target)
+        if restored != copied:
+            raise BackupError(f"{args.target} differs from the base backup's {args.database}: "
+                              f"{json.dumps({t: [copied.get(t), restored.get(t)] for t in set(copied) | set(restored) if copied.get(t) != restored.get(t)})}")
+        return restored
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 # --- Redis ---------------------------------------------------------------------------
@@ -835,6 +1022,13 @@ def check_freshness(cfg, client, max_age_hours=None):
             stale.append(f"{store}/{name}: newest backup {newest or 'none'} is older than {limit}")
         else:
             log(f"{store}/{name}: newest backup {newest} is fresh")
+    if base_enabled(cfg):
+        newest = (complete_stamps(cfg, client, BASE_STORE, BASE_NAME) or [None])[-1]
+        if base_missing_or_stale(cfg, client):
+            stale.append(f"{BASE_STORE}: newest base backup {newest or 'none'} is older than "
+                         f"{dt.timedelta(hours=cfg['mariadb']['base']['max_age_hours'])}")
+        else:
+            log(f"{BASE_STORE}: newest base backup {newest} is fresh")
     if binlog_enabled(cfg):
         stale += binlog_staleness(cfg, client, now)
     if stale:
@@ -1008,6 +1202,28 @@ def replay_binlogs(cfg, client, args, manifest, until, defaults, live):
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def restore_dump_into(cfg, client, args, manifest, defaults, live, result):
+    """A dump into args.target, its rows checked against the dump's manifest."""
+    if not live:
+        mariadb_query(cfg, f"SET SESSION sql_log_bin=0; DROP DATABASE IF EXISTS {quote_ident(args.target)}; "
+                           f"CREATE DATABASE {quote_ident(args.target)} CHARACTER SET utf8mb4", defaults)
+    # A drill's writes stay out of the binary log (and so out of what is shipped).
+    sink = client_argv(cfg, defaults) + ([] if live else ["--init-command=SET SESSION sql_log_bin=0"]) + [args.target]
+    decrypt_into(cfg, client, manifest, args.identity, sink)
+    restored = table_facts(lambda sql: mariadb_query(cfg, sql, defaults), args.target,
+                           manifest.get("checksum_method", LEGACY_CHECKSUM_METHOD))
+    mismatches = {t: {"backup": f, "restored": restored.get(t)}
+                  for t, f in manifest["tables"].items() if restored.get(t) != f}
+    extra = sorted(set(restored) - set(manifest["tables"]))
+    result.update(tables=len(manifest["tables"]), rows=sum(f["rows"] for f in restored.values()),
+                  mismatches=mismatches, unexpected_tables=extra)
+    if mismatches or extra:
+        raise BackupError(f"restore of {manifest['key']} into {args.target} differs from the manifest: "
+                          f"{json.dumps(mismatches)} {extra}")
+    log(f"dump restored: {manifest['key']} -> {args.target}, {len(restored)} tables, "
+        f"{result['rows']} rows, counts and checksums match the manifest")
+
+
 def restore_mariadb(cfg, client, args):
     live = args.target in cfg["mariadb"]["databases"]
     if live and not args.confirm_live:
@@ -1027,7 +1243,8 @@ def restore_mariadb(cfg, client, args):
                     ship_binlogs(cfg, client)
                 except BackupError as exc:
                     log(f"could not ship the newest commits ({exc}); restoring from what the store holds")
-            manifest = dump_for(cfg, client, args.database, until or dt.datetime.now(dt.timezone.utc))
+            manifest = (base_for(cfg, client, until or dt.datetime.now(dt.timezone.utc)) if args.from_base else
+                        dump_for(cfg, client, args.database, until or dt.datetime.now(dt.timezone.utc)))
             covered = covered_until(cfg, client, manifest["binlog"]["epoch"])
             if until is None:
                 until = covered
@@ -1035,27 +1252,20 @@ def restore_mariadb(cfg, client, args):
                 raise BackupError(f"restore point {until:%Y-%m-%d %H:%M:%S} UTC is later than the shipped binary logs "
                                   f"reach ({covered:%Y-%m-%d %H:%M:%S} UTC)")
             result["restore_to"] = until.strftime(STAMP)
+        elif args.from_base:
+            manifest = (base_for(cfg, client, dt.datetime.now(dt.timezone.utc)) if args.stamp == "latest" else
+                        fetch_manifest(cfg, client, BASE_STORE, BASE_NAME, args.stamp))
         else:
             manifest = fetch_manifest(cfg, client, "mariadb", args.database, args.stamp)
         result.update(stamp=manifest["stamp"], key=manifest["key"])
-        if not live:
-            mariadb_query(cfg, f"SET SESSION sql_log_bin=0; DROP DATABASE IF EXISTS {quote_ident(args.target)}; "
-                               f"CREATE DATABASE {quote_ident(args.target)} CHARACTER SET utf8mb4", defaults)
-        # A drill's writes stay out of the binary log (and so out of what is shipped).
-        sink = client_argv(cfg, defaults) + ([] if live else ["--init-command=SET SESSION sql_log_bin=0"]) + [args.target]
-        decrypt_into(cfg, client, manifest, args.identity, sink)
-        restored = table_facts(lambda sql: mariadb_query(cfg, sql, defaults), args.target,
-                               manifest.get("checksum_method", LEGACY_CHECKSUM_METHOD))
-        mismatches = {t: {"backup": f, "restored": restored.get(t)}
-                      for t, f in manifest["tables"].items() if restored.get(t) != f}
-        extra = sorted(set(restored) - set(manifest["tables"]))
-        result.update(tables=len(manifest["tables"]), rows=sum(f["rows"] for f in restored.values()),
-                      mismatches=mismatches, unexpected_tables=extra)
-        if mismatches or extra:
-            raise BackupError(f"restore of {manifest['key']} into {args.target} differs from the manifest: "
-                              f"{json.dumps(mismatches)} {extra}")
-        log(f"dump restored: {manifest['key']} -> {args.target}, {len(restored)} tables, "
-            f"{result['rows']} rows, counts and checksums match the manifest")
+        if args.from_base:
+            result["store"] = BASE_STORE
+            restored = restore_base_into(cfg, client, args, manifest, defaults, live)
+            result.update(tables=len(restored), rows=sum(f["rows"] for f in restored.values()))
+            log(f"base restored: {manifest['key']} -> {args.target}, {len(restored)} tables, "
+                f"{result['rows']} rows, counts and checksums match the copy's")
+        else:
+            restore_dump_into(cfg, client, args, manifest, defaults, live, result)
         if until is not None:
             files = replay_binlogs(cfg, client, args, manifest, until, defaults, live)
             after = table_facts(lambda sql: mariadb_query(cfg, sql, defaults), args.target)
@@ -1137,7 +1347,7 @@ def write_metrics(cfg, check, ok, covered=None):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
-    for name in ("mariadb", "redis", "all", "binlogs", "check-certs", "alert-test"):
+    for name in ("mariadb", "redis", "all", "binlogs", "base", "check-certs", "alert-test"):
         sub.add_parser(name)
     f = sub.add_parser("check-freshness")
     f.add_argument("--max-age-hours", type=float, help="override freshness_max_age_hours (the launch check asks 24)")
@@ -1152,6 +1362,7 @@ def main():
     r.add_argument("--stamp", default="latest")
     r.add_argument("--confirm-live", action="store_true")
     r.add_argument("--to", default="", help="replay the binary logs up to this UTC time ('YYYY-MM-DD HH:MM:SS') or latest")
+    r.add_argument("--from-base", action="store_true", help="start from the newest base backup (mariadb-backup), not a dump")
     r2 = sub.add_parser("restore-redis")
     r2.add_argument("--identity", required=True)
     r2.add_argument("--output", required=True)
@@ -1159,7 +1370,7 @@ def main():
     args = parser.parse_args()
     cfg = load_config()
     check = {"mariadb": "backup-mariadb", "redis": "backup-redis", "all": "backup",
-             "binlogs": "backup-binlog"}.get(args.cmd, args.cmd)
+             "binlogs": "backup-binlog", "base": "backup-base"}.get(args.cmd, args.cmd)
     covered = None
     try:
         if args.cmd == "alert-test":
@@ -1173,10 +1384,16 @@ def main():
             backup_mariadb(cfg, client)
         if args.cmd == "all" and cfg["mariadb"]["enabled"] and binlog_enabled(cfg):
             ship_binlogs(cfg, client)
+        if args.cmd == "all" and base_enabled(cfg) and base_missing_or_stale(cfg, client):
+            backup_base(cfg, client)  # the first run on a host, or the base schedule's runs failing
         if args.cmd in ("redis", "all") and (args.cmd == "redis" or cfg["redis"]["enabled"]):
             backup_redis(cfg, client)
         if args.cmd == "binlogs":
             covered = ship_binlogs(cfg, client).timestamp()
+        if args.cmd == "base":
+            if not base_enabled(cfg):
+                raise BackupError("base backups are off on this host (backup_base_enabled in the backup role)")
+            backup_base(cfg, client)
         if args.cmd == "prune":
             prune(cfg, client, args.store, args.name)
         elif args.cmd == "check-freshness":
@@ -1191,10 +1408,10 @@ def main():
             log(f"{check}: {message}")
         else:
             alert(cfg, check, message)
-        if args.cmd in ("mariadb", "redis", "all", "binlogs"):
+        if args.cmd in ("mariadb", "redis", "all", "binlogs", "base"):
             write_metrics(cfg, check, False)
         return 1
-    if args.cmd in ("mariadb", "redis", "all", "binlogs"):
+    if args.cmd in ("mariadb", "redis", "all", "binlogs", "base"):
         write_metrics(cfg, check, True, covered=covered)
     return 0
 
