@@ -78,7 +78,7 @@ demo: venv images ## Converge the stack into local containers and print the URL
 	ansible-playbook -i inventories/local site.yml
 	ansible-playbook -i inventories/local playbooks/backup.yml
 	@umask 077; printf 'backup_restore_identity: %s\n' "$$(docker exec multinotes-demo-ops grep -v '^#' /root/backup.key)" > .cache/demo/restore-key.yml
-	ansible-playbook -i inventories/local playbooks/restore.yml --limit db -e @.cache/demo/restore-key.yml
+	ansible-playbook -i inventories/local playbooks/restore.yml --limit db -e @.cache/demo/restore-key.yml -e backup_restore_to=latest
 	@rc=0; ansible-playbook -i inventories/local playbooks/launch_check.yml || rc=$$?; \
 	  $(PY) molecule/_harness/demo_report.py; exit $$rc
 

@@ -619,3 +619,24 @@ def test_a_base_is_missing_or_stale_past_its_max_age(monkeypatch):
     assert mb.base_missing_or_stale(BCFG, FakeS3([f"p/mariadb-base/server/{old}.manifest.json"])) is True
     # A data object without its manifest is not a base.
     assert mb.base_missing_or_stale(BCFG, FakeS3([f"p/mariadb-base/server/{fresh}.mbstream.zst.age"])) is True
+
+
+# --- The launch check's drill item ---------------------------------------------------
+
+@pytest.mark.parametrize("binlog,drill,ok,says", [
+    (True, None, False, "no restore drill was run on this host: run playbooks/restore.yml -e backup_restore_to=latest"),
+    (True, {"result": "fail", "error": "differs from the manifest"}, False, "differs from the manifest"),
+    (True, {"result": "pass", "stamp": "20261205T021700Z"}, False, "not to a point in time"),
+    (True, {"result": "pass", "stamp": "20261205T021700Z", "restore_to": "20261205T070000Z"}, True, "to 20261205T070000Z: pass"),
+    (False, {"result": "pass", "stamp": "20261205T021700Z"}, True, ": pass"),
+])
+def test_the_drill_check_asks_for_a_point_in_time_drill_where_the_log_is_shipped(tmp_path, binlog, drill, ok, says):
+    cfg = {"state_dir": str(tmp_path), "mariadb": {"enabled": True}, "binlog": {"enabled": binlog}}
+    if drill is not None:
+        (tmp_path / "last-drill.json").write_text(json.dumps(drill))
+    if ok:
+        assert says in mb.check_drill(cfg)
+    else:
+        with pytest.raises(mb.BackupError) as err:
+            mb.check_drill(cfg)
+        assert says in str(err.value)

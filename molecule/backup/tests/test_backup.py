@@ -122,6 +122,10 @@ def test_drill_restores_identical_rows_and_checksums(backed_up, hosts, identity,
     assert "nightly" in h.check_output("mariadb -N -e 'SHOW EVENTS FROM multinotes_drill'")
     # The private key did not stay on the host.
     assert h.run("ls /run | grep -c multinotes-restore").stdout.strip() == "0"
+    # The binary log is shipped here: a drill of the dump alone does not prove point-in-time
+    # recovery, and the launch check's item says so.
+    check = h.run("multinotes-backup check-drill")
+    assert check.rc == 1 and "not to a point in time" in check.stdout, check.stdout + check.stderr
 
 
 def backup_program():
@@ -537,6 +541,7 @@ def test_a_point_in_time_restore_has_every_commit_up_to_that_second_and_none_aft
             "backup_restore_identity": identity, "backup_restore_to": "latest"})
         assert rc == 0, out
         assert count(h, "1", "multinotes_drill.ops_pitr") == expected + after
+        assert ": pass" in h.check_output("multinotes-backup check-drill")
         # The drills' writes stayed out of the binary log: nothing new to ship.
         before = s3.check_output("ls %s", shipped_to)
         h.check_output("multinotes-backup binlogs")

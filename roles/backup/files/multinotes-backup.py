@@ -3,8 +3,8 @@
 """MultinotesAI backups: stream a dump or snapshot through compress | age | S3, never to disk.
 
 Subcommands: mariadb, redis, all (what cron runs), binlogs, base (a physical base backup
-with mariadb-backup), prune, check-freshness, check-certs, restore-mariadb (--to a point,
---from-base), restore-redis, alert-test. Settings: /etc/multinotes-backup/config.json.
+with mariadb-backup), prune, check-freshness, check-certs, check-drill, restore-mariadb
+(--to a point, --from-base), restore-redis, alert-test. Settings: /etc/multinotes-backup/config.json.
 Any failure exits non-zero and calls the alert hook; a failed run leaves no object behind
 and does not touch the previous backups or the latest pointer.
 """
@@ -1123,6 +1123,24 @@ def record_drill(cfg, result):
     write_json(os.path.join(cfg["state_dir"], "last-drill.json"), result)
 
 
+def check_drill(cfg):
+    """The last restore drill passed; where the binary log is shipped, it was a restore to
+    a point (the dump or base and the log replayed), so point-in-time recovery is proven,
+    not only the dumps. Returns the line the launch check shows."""
+    drill = read_json(os.path.join(cfg["state_dir"], "last-drill.json"), None)
+    if drill is None:
+        raise BackupError("no restore drill was run on this host: run playbooks/restore.yml"
+                          + (" -e backup_restore_to=latest" if binlog_enabled(cfg) else ""))
+    line = (f"drill {drill.get('time')} of {drill.get('store')} {drill.get('stamp')} into {drill.get('target')}"
+            + (f" to {drill['restore_to']}" if drill.get("restore_to") else "") + f": {drill.get('result')}")
+    if drill.get("result") != "pass":
+        raise BackupError(f"{line} ({drill.get('error', 'no error recorded')})")
+    if binlog_enabled(cfg) and not drill.get("restore_to"):
+        raise BackupError(f"{line}, but not to a point in time: the binary log is shipped here, so the drill must "
+                          f"replay it (playbooks/restore.yml -e backup_restore_to=latest)")
+    return line
+
+
 def parse_restore_to(value, now):
     """--to: 'latest' (None: as far as the shipped binary logs go) or a UTC time
     'YYYY-MM-DD HH:MM:SS' that is not in the future."""
@@ -1347,7 +1365,7 @@ def write_metrics(cfg, check, ok, covered=None):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
-    for name in ("mariadb", "redis", "all", "binlogs", "base", "check-certs", "alert-test"):
+    for name in ("mariadb", "redis", "all", "binlogs", "base", "check-certs", "check-drill", "alert-test"):
         sub.add_parser(name)
     f = sub.add_parser("check-freshness")
     f.add_argument("--max-age-hours", type=float, help="override freshness_max_age_hours (the launch check asks 24)")
@@ -1378,6 +1396,13 @@ def main():
             return 0
         if args.cmd == "check-certs":
             check_certs(cfg)
+            return 0
+        if args.cmd == "check-drill":  # a check the launch check reads: it reports, never alerts
+            try:
+                print(check_drill(cfg))
+            except BackupError as exc:
+                print(exc)
+                return 1
             return 0
         client = S3Client(cfg)
         if args.cmd in ("mariadb", "all") and (args.cmd == "mariadb" or cfg["mariadb"]["enabled"]):
