@@ -439,7 +439,7 @@ def test_process_logs_to_the_new_file_after_a_rotation(hosts, log):
     ({"logrotate_rotate": "thirty"}, "logrotate_rotate"),
     ({"logrotate_app_mode": "640"}, "logrotate_app_mode"),
     ({"logrotate_app_reopen_units": ["gunicorn.service; reboot"]}, "logrotate_app_reopen_units"),
-    # Production-only rules on trusted names and origins (roles/app/tasks/validate_production.yml).
+    # Production-only rules on trusted names and origins (roles/app/tasks/validate.yml).
     ({"app_allowed_hosts": ["*"]}, "app_allowed_hosts"),
     ({"app_allowed_hosts": ["app.test", "*"], "app_allowed_hosts_subdomain_wildcard_enabled": True}, "app_allowed_hosts"),
     ({"app_allowed_hosts": [".app.test"]}, "app_allowed_hosts_subdomain_wildcard_enabled"),

@@ -1,7 +1,7 @@
 """The app's third-party settings (SMTP, OAuth, Razorpay, LLM keys, Sentry): the rules
 they must meet and the environment variables they become.
 
-Two filters, used by roles/app/tasks/validate_third_party.yml and config.yml:
+Two filters, used by roles/app/tasks/validate.yml and config.yml:
 
     settings | app_third_party_errors(environment, site_names)   -> [message, ...]
     settings | app_third_party_env                               -> {ENV_NAME: value}
