@@ -640,3 +640,17 @@ def test_the_drill_check_asks_for_a_point_in_time_drill_where_the_log_is_shipped
         with pytest.raises(mb.BackupError) as err:
             mb.check_drill(cfg)
         assert says in str(err.value)
+
+
+def test_a_replay_knows_when_nothing_was_committed_after_the_backup():
+    decoded = ("# at 256\n#261205  7:52:01 server id 1  end_log_pos 298 CRC32 0x1a2b3c4d \tGTID 0-1-95 trans\n"
+               "BEGIN\n#261205  7:52:20 server id 1  end_log_pos 640 CRC32 0x00ff00ff \tGTID 0-1-96 trans\n"
+               "#261205  7:52:30 server id 1  end_log_pos 700 CRC32 0x0 \tRotate to mariadb-bin.000004  pos: 4\n")
+    assert mb.gtids_after("0-1-96", decoded) is False
+    assert mb.gtids_after("0-1-95", decoded) is True
+    # Another domain's transaction is after a position that does not name that domain.
+    assert mb.gtids_after("0-1-96", decoded + "#261205  7:53:00 server id 2  end_log_pos 9 \tGTID 1-2-1 trans\n") is True
+    assert mb.gtids_after("0-1-96,1-2-1", decoded + "#261205  7:53:00 server id 2  end_log_pos 9 \tGTID 1-2-1 trans\n") is False
+    # The Gtid_list of a new file names the position; it is not a transaction.
+    assert mb.gtids_after("0-1-96", "#261205  7:52:31 server id 1  end_log_pos 285 \tGtid list [0-1-96]\n") is False
+    assert mb.gtids_after("", decoded) is True

@@ -1178,6 +1178,19 @@ def dump_for(cfg, client, database, until):
     return manifest
 
 
+GTID_EVENT = re.compile(r"^#.*\bGTID (\d+)-(\d+)-(\d+)\b", re.M)
+
+
+def gtids_after(start, decoded):
+    """Whether the decoded log (mariadb-binlog's text) holds a transaction after START (a
+    gtid_binlog_pos, e.g. '0-1-96,1-2-5'), in any domain."""
+    seen = {}
+    for part in filter(None, (start or "").split(",")):
+        domain, _server, seq = part.split("-")
+        seen[int(domain)] = int(seq)
+    return any(int(seq) > seen.get(int(domain), 0) for domain, _server, seq in GTID_EVENT.findall(decoded))
+
+
 def replay_binlogs(cfg, client, args, manifest, until, defaults, live):
     """Replay the shipped binary logs from the dump's GTID position to UNTIL (that second
     included) into the target. Returns the files read."""
@@ -1196,10 +1209,21 @@ def replay_binlogs(cfg, client, args, manifest, until, defaults, live):
             with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
                 decrypt_into(cfg, client, binlog_manifest, args.identity, ["cat"], sink_stdout=out)
             files.append(path)
-        argv = ["mariadb-binlog", f"--stop-datetime={until + dt.timedelta(seconds=1):%Y-%m-%d %H:%M:%S}",
-                f"--database={args.database}"]
-        if manifest["binlog"].get("gtid_binlog_pos"):
-            argv.append(f"--start-position={manifest['binlog']['gtid_binlog_pos']}")
+        stop = f"--stop-datetime={until + dt.timedelta(seconds=1):%Y-%m-%d %H:%M:%S}"
+        start = manifest["binlog"].get("gtid_binlog_pos")
+        # Nothing committed after the backup up to the point: nothing to replay. (mariadb-binlog
+        # 11.8 fails a --start-position it never passes: "never reached expected GTID state".)
+        decoded = subprocess.run(["mariadb-binlog", stop] + files, capture_output=True, text=True,
+                                 errors="replace", env=dict(os.environ, TZ="UTC"))
+        if decoded.returncode != 0:
+            raise BackupError("reading the binary logs failed: " + exit_error("mariadb-binlog", decoded.returncode,
+                                                                            [decoded.stderr.encode()]))
+        if not gtids_after(start, decoded.stdout):
+            log(f"no commit after the backup's position {start} up to {until:%Y-%m-%d %H:%M:%S} UTC: nothing to replay")
+            return [name for _, _, name, _ in chosen]
+        argv = ["mariadb-binlog", stop, f"--database={args.database}"]
+        if start:
+            argv.append(f"--start-position={start}")
         if args.target != args.database:
             argv.append(f"--rewrite-db={args.database}->{args.target}")
         sink_argv = client_argv(cfg, defaults) + ([] if live else ["--init-command=SET SESSION sql_log_bin=0"]) + [args.target]
