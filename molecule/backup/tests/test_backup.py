@@ -427,6 +427,20 @@ def test_bad_input_fails_before_any_change(bad_vars, named):
                                                    extra_vars=bad_vars, named=named)
 
 
+@pytest.fixture
+def paused_cron(hosts):
+    """cron's own binary log shipping (every 2 minutes) takes the lock a test's run by hand
+    takes, and the second exits ("another run holds ..."): tests that ship by hand pause cron
+    on the hosts and wait for a run in progress to end first."""
+    for h in hosts.values():
+        h.check_output("systemctl stop cron && flock -w 120 /run/lock/multinotes-backup-binlog.lock true")
+    try:
+        yield
+    finally:
+        for h in hosts.values():
+            h.run("systemctl start cron")
+
+
 def create_writes_table(h, table):
     """A table in multinotes for a writer: each row carries the time of its own commit."""
     h.check_output("mariadb multinotes -e %s", f"DROP TABLE IF EXISTS {table}; "
@@ -500,7 +514,7 @@ def count(h, where, table="multinotes.ops_pitr"):
 
 
 @pytest.mark.parametrize("name", HOSTS)
-def test_a_point_in_time_restore_has_every_commit_up_to_that_second_and_none_after(backed_up, hosts, s3, identity, name):
+def test_a_point_in_time_restore_has_every_commit_up_to_that_second_and_none_after(backed_up, paused_cron, hosts, s3, identity, name):
     """A writer commits continuously (each row carries its own time); a dump is taken during
     the writes; T is noted; the writes go on and the binary log is shipped. Restored to T,
     the drill database holds exactly the rows committed at or before T: the dump's, and the
@@ -551,7 +565,7 @@ def test_a_point_in_time_restore_has_every_commit_up_to_that_second_and_none_aft
 
 
 @pytest.mark.parametrize("name", HOSTS)
-def test_a_base_backup_restores_to_a_second_with_the_binary_log(backed_up, hosts, s3, identity, name):
+def test_a_base_backup_restores_to_a_second_with_the_binary_log(backed_up, paused_cron, hosts, s3, identity, name):
     """A physical base backup (mariadb-backup, streamed through zstd | age | S3) is taken
     while a writer commits; T is noted; the writes go on and the log is shipped. Restored
     from the base to T (the copy prepared and started as a private server, its database
@@ -604,7 +618,7 @@ def binlog_metrics(h):
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(multinotes_backup_\w+)\{[^}]*\} (\d+)$", text, re.M)}
 
 
-def test_shipping_survives_an_s3_outage_and_a_mariadb_restart_and_alerts_while_it_lags(backed_up, hosts, s3, identity):
+def test_shipping_survives_an_s3_outage_and_a_mariadb_restart_and_alerts_while_it_lags(backed_up, paused_cron, hosts, s3, identity):
     """The S3 store goes away for a while, and MariaDB restarts meanwhile (a new binary log
     file). Each shipping run during the outage fails and alerts, and the exported coverage
     stays where it was; once S3 is back the next run ships everything: the files' numbers
@@ -690,7 +704,7 @@ def rebuild_host(name, image):
 
 
 def test_a_destroyed_database_host_is_rebuilt_and_restored_to_a_second_then_to_its_last_shipped_commit(
-        backed_up, hosts, s3, identity):
+        backed_up, paused_cron, hosts, s3, identity):
     """Runs last: it destroys ops-13. A writer commits continuously (each row carries its
     commit time); a dump and a shipping run happen during the writes, T is noted between
     them; the writes go on; then MariaDB is killed -9 and the container removed. A new ops-13
