@@ -801,10 +801,17 @@ def oldest_recovery_point(cfg, client, kept):
     return parse_stamp(min(stamps))
 
 
+def newest_base(cfg, client):
+    return (complete_stamps(cfg, client, BASE_STORE, BASE_NAME) or [None])[-1]
+
+
+def base_stale(cfg, newest, now):
+    """No base (NEWEST is None), or the newest older than its max age."""
+    return newest is None or now - parse_stamp(newest) > dt.timedelta(hours=cfg["mariadb"]["base"]["max_age_hours"])
+
+
 def base_missing_or_stale(cfg, client):
-    newest = (complete_stamps(cfg, client, BASE_STORE, BASE_NAME) or [None])[-1]
-    return newest is None or (dt.datetime.now(dt.timezone.utc) - parse_stamp(newest)
-                              > dt.timedelta(hours=cfg["mariadb"]["base"]["max_age_hours"]))
+    return base_stale(cfg, newest_base(cfg, client), dt.datetime.now(dt.timezone.utc))
 
 
 def base_for(cfg, client, until):
@@ -818,6 +825,30 @@ def base_for(cfg, client, until):
         raise BackupError(f"the base backup {manifest['stamp']} was taken while the binary log was off: "
                           f"no replay can start from it")
     return manifest
+
+
+def loader_argv(cfg, defaults, target, live):
+    """The client that loads into TARGET; a drill's writes stay out of the binary log (and
+    so out of what is shipped)."""
+    return client_argv(cfg, defaults) + ([] if live else ["--init-command=SET SESSION sql_log_bin=0"]) + [target]
+
+
+def recreate_drill(cfg, defaults, target):
+    mariadb_query(cfg, f"SET SESSION sql_log_bin=0; DROP DATABASE IF EXISTS {quote_ident(target)}; "
+                       f"CREATE DATABASE {quote_ident(target)} CHARACTER SET utf8mb4", defaults)
+
+
+def run_pipe(src_argv, dst_argv, what, src_env=None):
+    """src | dst, both stderrs kept; raises naming the stage that failed."""
+    src = subprocess.Popen(src_argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=src_env)
+    dst = subprocess.Popen(dst_argv, stdin=src.stdout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    src.stdout.close()
+    stages = ((src_argv[0], src, []), (dst_argv[0], dst, []))
+    for _, proc, buf in stages:
+        threading.Thread(target=drain, args=(proc.stderr, buf), daemon=True).start()
+    errors = [exit_error(name, proc.returncode, buf) for name, proc, buf in stages if proc.wait() != 0]
+    if errors:
+        raise BackupError(f"{what} failed: " + "; ".join(errors))
 
 
 def run_checked(argv, what):
@@ -884,20 +915,10 @@ def restore_base_into(cfg, client, args, manifest, defaults, live):
         with TempServer(workdir) as server:
             copied = table_facts(server.query, args.database)
             if not live:
-                mariadb_query(cfg, f"SET SESSION sql_log_bin=0; DROP DATABASE IF EXISTS {quote_ident(args.target)}; "
-                                   f"CREATE DATABASE {quote_ident(args.target)} CHARACTER SET utf8mb4", defaults)
+                recreate_drill(cfg, defaults, args.target)
             dump = [cfg["mariadb"]["dump_command"], f"--socket={server.socket}", "--single-transaction", "--quick",
                     "--routines", "--triggers", "--events", "--hex-blob", "--default-character-set=utf8mb4", args.database]
-            sink = client_argv(cfg, defaults) + ([] if live else ["--init-command=SET SESSION sql_log_bin=0"]) + [args.target]
-            src = subprocess.Popen(dump, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            dst = subprocess.Popen(sink, stdin=src.stdout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            src.stdout.close()
-            bufs = {dump[0]: [], sink[0]: []}
-            for name, proc in ((dump[0], src), (sink[0], dst)):
-                threading.Thread(target=drain, args=(proc.stderr, bufs[name]), daemon=True).start()
-            errors = [exit_error(n, p.returncode, bufs[n]) for n, p in ((dump[0], src), (sink[0], dst)) if p.wait() != 0]
-            if errors:
-                raise BackupError(f"loading {args.database} from the base backup failed: " + "; ".join(errors))
+            run_pipe(dump, loader_argv(cfg, defaults, args.target, live), f"loading {args.database} from the base backup")
         restored = table_facts(lambda sql: mariadb_query(cfg, sql, defaults), args.target)
         if restored != copied:
             raise BackupError(f"{args.target} differs from the base backup's {args.database}: "
@@ -1015,16 +1036,14 @@ def check_freshness(cfg, client, max_age_hours=None):
     limit = dt.timedelta(hours=max_age_hours or cfg["freshness_max_age_hours"])
     now, stale = dt.datetime.now(dt.timezone.utc), []
     for store, name in targets(cfg):
-        by_stamp = backups_by_stamp(list_keys(client, cfg["s3"]["bucket"], base_prefix(cfg, store, name)))
-        complete = [s for s, ks in by_stamp.items() if any(k.endswith(".manifest.json") for k in ks)]
-        newest = max(complete) if complete else None
+        newest = (complete_stamps(cfg, client, store, name) or [None])[-1]
         if newest is None or now - parse_stamp(newest) > limit:
             stale.append(f"{store}/{name}: newest backup {newest or 'none'} is older than {limit}")
         else:
             log(f"{store}/{name}: newest backup {newest} is fresh")
     if base_enabled(cfg):
-        newest = (complete_stamps(cfg, client, BASE_STORE, BASE_NAME) or [None])[-1]
-        if base_missing_or_stale(cfg, client):
+        newest = newest_base(cfg, client)
+        if base_stale(cfg, newest, now):
             stale.append(f"{BASE_STORE}: newest base backup {newest or 'none'} is older than "
                          f"{dt.timedelta(hours=cfg['mariadb']['base']['max_age_hours'])}")
         else:
@@ -1165,9 +1184,7 @@ def covered_until(cfg, client, epoch):
 
 def dump_for(cfg, client, database, until):
     """The manifest of the newest complete dump of DATABASE stamped at or before UNTIL."""
-    keys = list_keys(client, cfg["s3"]["bucket"], base_prefix(cfg, "mariadb", database))
-    stamps = sorted(s for s, ks in backups_by_stamp(keys).items()
-                    if any(k.endswith(".manifest.json") for k in ks) and parse_stamp(s) <= until)
+    stamps = [s for s in complete_stamps(cfg, client, "mariadb", database) if parse_stamp(s) <= until]
     if not stamps:
         raise BackupError(f"no complete backup of {database} was taken at or before {until:%Y-%m-%d %H:%M:%S} UTC: "
                           f"the oldest point this host can restore to is its oldest backup")
@@ -1226,19 +1243,8 @@ def replay_binlogs(cfg, client, args, manifest, until, defaults, live):
             argv.append(f"--start-position={start}")
         if args.target != args.database:
             argv.append(f"--rewrite-db={args.database}->{args.target}")
-        sink_argv = client_argv(cfg, defaults) + ([] if live else ["--init-command=SET SESSION sql_log_bin=0"]) + [args.target]
-        src = subprocess.Popen(argv + files, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, TZ="UTC"))
-        sink = subprocess.Popen(sink_argv, stdin=src.stdout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        src.stdout.close()
-        bufs = {"mariadb-binlog": [], sink_argv[0]: []}
-        threads = [threading.Thread(target=drain, args=(src.stderr, bufs["mariadb-binlog"]), daemon=True),
-                   threading.Thread(target=drain, args=(sink.stderr, bufs[sink_argv[0]]), daemon=True)]
-        for t in threads:
-            t.start()
-        errors = [exit_error(n, p.returncode, bufs[n]) for n, p in (("mariadb-binlog", src), (sink_argv[0], sink))
-                  if p.wait() != 0]
-        if errors:
-            raise BackupError("replay of the binary logs failed: " + "; ".join(errors))
+        run_pipe(argv + files, loader_argv(cfg, defaults, args.target, live), "replay of the binary logs",
+                 src_env=dict(os.environ, TZ="UTC"))
         return [name for _, _, name, _ in chosen]
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -1247,11 +1253,8 @@ def replay_binlogs(cfg, client, args, manifest, until, defaults, live):
 def restore_dump_into(cfg, client, args, manifest, defaults, live, result):
     """A dump into args.target, its rows checked against the dump's manifest."""
     if not live:
-        mariadb_query(cfg, f"SET SESSION sql_log_bin=0; DROP DATABASE IF EXISTS {quote_ident(args.target)}; "
-                           f"CREATE DATABASE {quote_ident(args.target)} CHARACTER SET utf8mb4", defaults)
-    # A drill's writes stay out of the binary log (and so out of what is shipped).
-    sink = client_argv(cfg, defaults) + ([] if live else ["--init-command=SET SESSION sql_log_bin=0"]) + [args.target]
-    decrypt_into(cfg, client, manifest, args.identity, sink)
+        recreate_drill(cfg, defaults, args.target)
+    decrypt_into(cfg, client, manifest, args.identity, loader_argv(cfg, defaults, args.target, live))
     restored = table_facts(lambda sql: mariadb_query(cfg, sql, defaults), args.target,
                            manifest.get("checksum_method", LEGACY_CHECKSUM_METHOD))
     mismatches = {t: {"backup": f, "restored": restored.get(t)}
