@@ -150,6 +150,22 @@ def test_a_database_host_runs_the_database_and_backup_checks_only():
     assert chosen("db1", ["db"], ["web1"]) == {c["id"] for c in CATALOG if {"all", "db"} & set(c["hosts"])}
 
 
+
+EDGE = {"certificate", "tls-versions", "redirect", "header-strict-transport-security", "static-files", "health",
+        "api-status", "debug-off"}
+
+
+def test_behind_a_balancer_the_public_checks_run_on_the_balancer_not_the_web_hosts():
+    web = {c["id"] for c in lc.select_checks(CATALOG, "web1", ["web"], ["web1", "web2"], "w1", ["lb1"])}
+    lb = {c["id"] for c in lc.select_checks(CATALOG, "lb1", ["lb"], ["web1", "web2"], "w1", ["lb1"])}
+    assert EDGE <= lb and not EDGE & web
+    assert {"web-services", "nginx-config"} <= web - lb
+
+
+def test_without_a_balancer_the_web_hosts_are_the_edge():
+    assert EDGE <= {c["id"] for c in lc.select_checks(CATALOG, "web1", ["web"], ["web1"], "w1", ["web1"])}
+    assert EDGE <= chosen("web1", ["web"], ["web1"])
+
 def test_select_keeps_only_what_the_runner_needs():
     picked = lc.select_checks(CATALOG, "one", ["web", "worker", "scheduler", "redis", "db"], ["one"], "one")
     assert all(set(c) <= {"id", "title", "cmd", "off_when"} for c in picked)

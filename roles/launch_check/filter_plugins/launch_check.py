@@ -13,7 +13,7 @@ CHECKBOX = re.compile(r"^\s*- \[ \] (.+?)\s*$")
 HEADING = re.compile(r"^(#{2,3}) (.+?)\s*$")
 FENCE = re.compile(r"^\s*```")
 # Host selectors besides group names.
-SPECIAL_HOSTS = ("all", "app_hosts", "first_app_host", "first_scheduler")
+SPECIAL_HOSTS = ("all", "app_hosts", "first_app_host", "first_scheduler", "edge")
 COVERAGE_KINDS = ("checks", "out_of_scope", "not_yet")
 
 
@@ -44,9 +44,11 @@ def parse_checklist(text):
     return rows
 
 
-def select_checks(catalog, host, group_names, app_hosts, first_scheduler=""):
+def select_checks(catalog, host, group_names, app_hosts, first_scheduler="", edge_hosts=None):
     """The checks `host` runs: those whose `hosts` name one of its groups, `all`,
-    `app_hosts` (it runs the app), `first_app_host` or `first_scheduler`."""
+    `app_hosts` (it runs the app), `first_app_host`, `first_scheduler` or `edge` (it answers
+    the public on 80/443: the balancers where there are any, else the web hosts; without the
+    list, the web group)."""
     app_hosts = list(app_hosts or [])
 
     def runs_here(selector):
@@ -58,6 +60,8 @@ def select_checks(catalog, host, group_names, app_hosts, first_scheduler=""):
             return bool(app_hosts) and host == app_hosts[0]
         if selector == "first_scheduler":
             return bool(first_scheduler) and host == first_scheduler
+        if selector == "edge":
+            return host in edge_hosts if edge_hosts is not None else "web" in group_names
         return selector in group_names
 
     chosen = []
