@@ -128,7 +128,13 @@ def chosen(host, groups, app_hosts, scheduler=""):
 
 
 def test_a_host_in_every_group_runs_every_check():
-    assert chosen("one", ["web", "worker", "scheduler", "redis", "db"], ["one"], "one") == IDS
+    assert chosen("one", ["web", "worker", "scheduler", "redis", "db", "lb"], ["one"], "one") == IDS
+
+
+def test_the_balancer_checks_run_on_the_balancer_only():
+    lb_checks = {"lb-backends", "lb-private"}
+    assert lb_checks <= {c["id"] for c in lc.select_checks(CATALOG, "lb1", ["lb"], ["web1"], "w1", ["lb1"])}
+    assert not lb_checks & chosen("web1", ["web"], ["web1"])
 
 
 def test_a_second_web_host_runs_no_once_per_run_check():
