@@ -30,8 +30,12 @@ PLAYBOOKS = testlib.PROJECT / "playbooks"
 EPHEMERAL = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
 REPORTS = EPHEMERAL / "reports"
 NAME = "multinotes.test"
-WEB = "10.231.7.11"
-STACK = ["stack-web", "stack-worker", "stack-redis", "stack-db"]
+# The front door: the balancer, which the site's names resolve to.
+FRONT = "10.231.7.10"
+WEBS = ["stack-web", "stack-web2"]
+# redis and db share one host here (molecule.yml).
+REDIS_HOST = "stack-db"
+STACK = ["stack-lb", "stack-web", "stack-web2", "stack-worker", "stack-db"]
 V2_NOTE = "Added by release 2.0.0"
 
 
@@ -58,10 +62,10 @@ def play_under_load(name, settle=1, lead=None, **extra):
 
 
 class _Connection(http.client.HTTPSConnection):
-    """HTTPS to the web host's address with the site's name as SNI and Host, as a browser."""
+    """HTTPS to the front door (the balancer) with the site's name as SNI and Host, as a browser."""
 
     def connect(self):
-        sock = socket.create_connection((WEB, 443), self.timeout)
+        sock = socket.create_connection((FRONT, 443), self.timeout)
         self.sock = self._context.wrap_socket(sock, server_hostname=NAME)
 
 
@@ -303,10 +307,12 @@ def test_launch_check_says_go():
     rc, out, report = launch_check()
     assert rc == 0 and report["verdict"] == "GO", no_go_items(report, out)
     ids = {(i["host"], i["id"]) for i in report["items"]}
-    for expected in [("stack-web", "tls-versions"), ("stack-web", "redirect"), ("stack-web", "header-strict-transport-security"),
-                     ("stack-web", "check-deploy"), ("stack-worker", "celery-workers"), ("stack-worker", "celery-beat"),
-                     ("stack-redis", "redis-auth"), ("stack-db", "db-remote-root"), ("stack-db", "db-runtime-no-ddl"),
-                     ("stack-db", "backup-fresh"), ("stack-db", "backup-drill"), ("stack-redis", "backup-cron")]:
+    for expected in [("stack-lb", "tls-versions"), ("stack-lb", "redirect"), ("stack-lb", "header-strict-transport-security"),
+                     ("stack-lb", "certificate"), ("stack-lb", "lb-backends"), ("stack-lb", "lb-private"),
+                     ("stack-web", "check-deploy"), ("stack-web2", "web-services"), ("stack-worker", "celery-workers"),
+                     ("stack-worker", "celery-beat"), ("stack-db", "redis-auth"), ("stack-db", "db-remote-root"),
+                     ("stack-db", "db-runtime-no-ddl"), ("stack-db", "backup-fresh"), ("stack-db", "backup-drill"),
+                     ("stack-db", "backup-cron")]:
         assert expected in ids, expected
     assert all(i["evidence"] for i in report["items"])
 
@@ -474,7 +480,7 @@ STOP_BOUND = 60
 def durable_state():
     """What a reboot must not lose: the live version, the notes, a key in the broker."""
     notes = root("stack-db").check_output("mariadb -N -B -e 'SELECT COUNT(*) FROM multinotes.core_note'")
-    marker = root("stack-redis").check_output(
+    marker = root(REDIS_HOST).check_output(
         "redis-cli --no-auth-warning --user %s --pass %s -p 6379 GET reboot:marker", *REDIS_APP)
     return {"version": version(), "notes": int(notes), "broker marker": marker}
 
@@ -498,7 +504,7 @@ def boot_state(name, deadline):
 
 
 def test_everything_comes_back_after_a_reboot():
-    root("stack-redis").check_output("redis-cli --no-auth-warning --user %s --pass %s -p 6379 SET reboot:marker %s",
+    root(REDIS_HOST).check_output("redis-cli --no-auth-warning --user %s --pass %s -p 6379 SET reboot:marker %s",
                                      *REDIS_APP, "kept")
     time.sleep(1.5)  # past the broker's appendfsync everysec
     before = durable_state()
@@ -540,18 +546,18 @@ def test_everything_comes_back_after_a_reboot():
     assert durable_state() == before
     rc, out, report = launch_check()
     assert rc == 0 and report["verdict"] == "GO", no_go_items(report, out)
-    root("stack-redis").run("redis-cli --no-auth-warning --user %s --pass %s -p 6379 DEL reboot:marker", *REDIS_APP)
+    root(REDIS_HOST).run("redis-cli --no-auth-warning --user %s --pass %s -p 6379 DEL reboot:marker", *REDIS_APP)
 
 
 def test_launch_check_says_no_go_when_redis_is_down():
-    redis = root("stack-redis")
+    redis = root(REDIS_HOST)
     redis.check_output("systemctl stop redis-server@broker")
     try:
         rc, out, report = launch_check()
         assert rc != 0 and report["verdict"] == "NO-GO", out
         failed = {(i["host"], i["id"]) for i in report["items"] if not i["ok"]}
-        assert ("stack-redis", "redis-services") in failed, failed
-        assert ("stack-web", "health") in failed, failed
+        assert (REDIS_HOST, "redis-services") in failed, failed
+        assert ("stack-lb", "health") in failed, failed
         assert "NO-GO" in out and "Redis instances active and enabled" in out
     finally:
         redis.check_output("systemctl start redis-server@broker")
