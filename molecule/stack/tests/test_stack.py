@@ -101,7 +101,7 @@ class Load:
         self.lock = threading.Lock()
         self.counts = {"ok": 0, "maintenance": 0, "failed": 0}
         self.slowest = 0.0
-        self.ok_at = []
+        self.ok_at, self.failed_at = [], []
         self.versions, self.errors = set(), []
         self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(workers)]
 
@@ -126,6 +126,8 @@ class Load:
                 self.slowest = max(self.slowest, time.monotonic() - started)
                 if kind == "ok":
                     self.ok_at.append((time.monotonic(), version))
+                elif kind == "failed":
+                    self.failed_at.append(time.monotonic())
                 if version:
                     self.versions.add(version)
             time.sleep(0.02)
@@ -216,8 +218,8 @@ def version():
     return json.loads(body)["version"]
 
 
-def release_status():
-    return json.loads(root("stack-web").check_output("/usr/local/sbin/multinotes-release status"))
+def release_status(name="stack-web"):
+    return json.loads(root(name).check_output("/usr/local/sbin/multinotes-release status"))
 
 
 def main_pid(slot):
@@ -365,6 +367,8 @@ def test_deploy_v2_under_load_fails_no_request_and_pauses_nothing(v2_source, gap
     bound = max(gap_bound, load.longest_gap_before("2.0.0") + MAX_GAP)
     assert load.longest_gap(around="2.0.0") <= bound, (line, f"bound {bound:.3f} s")
     assert version() == "2.0.0"
+    # Every web host behind the balancer runs it (each was drained, switched, enabled).
+    assert {name: release_status(name)["live"].split("-")[0] for name in WEBS} == dict.fromkeys(WEBS, "2.0.0")
     # 2.0.0 went to the idle slot; 1.0.0 keeps running there, warm, for a rollback.
     after = release_status()
     live, warm = after["live_slot"], before["live_slot"]
