@@ -547,6 +547,15 @@ def test_everything_comes_back_after_a_reboot():
     print(f"reboot: every host halted cleanly and restarted after {max(stopped.values()):.1f} s, "
           f"running after {booted:.1f} s, /health/ 200 after {serving:.1f} s")
     assert status == 200, f"/health/ answered {status} {HEALTH_BOUND} s after boot"
+    # One web host answering is enough for the front door; the launch check asks that the
+    # balancer has every web host back in rotation (its health checks: 2 in a row, 1 s apart).
+    while time.monotonic() - started < booted + HEALTH_BOUND:
+        states = json.loads(root("stack-lb").check_output("/usr/local/sbin/multinotes-lb status"))["servers"]
+        if all(s["state"] == "UP" for s in states):
+            break
+        time.sleep(0.5)
+    print(f"reboot: every web host UP at the balancer after {time.monotonic() - started:.1f} s: "
+          f"{[(s['name'], s['state']) for s in states]}")
     assert durable_state() == before
     rc, out, report = launch_check()
     assert rc == 0 and report["verdict"] == "GO", no_go_items(report, out)
