@@ -35,8 +35,8 @@ def access_log_lines(name, marker):
 def curl_from_ops(path, *extra):
     """One HTTPS request from stack-ops (another client address) through the balancer: the status."""
     out = root("stack-ops").check_output(
-        "curl -sk -o /dev/null -w '%%{http_code}' --max-time 10 --resolve %s:443:%s %s https://%s%s",
-        NAME, FRONT, " ".join(extra), NAME, path)
+        "curl -sk -o /dev/null -w '%%{http_code}' --max-time 10 --resolve %s:443:%s " + "%s " * len(extra) + "https://%s%s",
+        NAME, FRONT, *extra, NAME, path)
     return int(out)
 
 
