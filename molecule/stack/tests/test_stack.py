@@ -77,7 +77,9 @@ def get(path, timeout=10):
     try:
         conn.request("GET", path)
         resp = conn.getresponse()
-        return resp.status, dict(resp.getheaders()), resp.read().decode()
+        # Header names are case-insensitive (HAProxy sends them lower-case, as HTTP/2 does):
+        # the message object looks them up so.
+        return resp.status, resp.headers, resp.read().decode()
     finally:
         conn.close()
 
@@ -337,7 +339,7 @@ def hashed_static(name="admin/css/base.css"):
 def assert_served_immutable(url):
     status, headers, body = get(url)
     assert status == 200 and body, (url, status)
-    assert "immutable" in headers.get("Cache-Control", ""), (url, headers)
+    assert "immutable" in headers.get("Cache-Control", ""), (url, dict(headers))
 
 
 # The hashed URL of the release a page was rendered with, before a deploy: served after it.
