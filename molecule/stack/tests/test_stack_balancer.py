@@ -109,14 +109,26 @@ def test_a_web_host_whose_nginx_stops_is_ejected_within_the_bound():
     assert lb_status()["stack-web2"]["state"] == "UP", lb_status()
 
 
+PEBBLE_ROOT = "/root/pebble-root.pem"
+
+
 def served_certificate():
-    out = root(LB).check_output(
+    """The certificate the balancer serves for the site's name, verified against Pebble's
+    root for that name (chain and hostname): its serial, issuer and names."""
+    verify = root(LB).run(f"openssl s_client -connect 127.0.0.1:443 -servername {NAME} -CAfile {PEBBLE_ROOT}"
+                          f" -verify_hostname {NAME} -verify_return_error </dev/null 2>&1")
+    assert verify.rc == 0 and "Verify return code: 0 (ok)" in verify.stdout, verify.stdout[-1500:]
+    return root(LB).check_output(
         f"openssl s_client -connect 127.0.0.1:443 -servername {NAME} </dev/null 2>/dev/null"
         " | openssl x509 -noout -serial -issuer -ext subjectAltName")
-    return out
 
 
 def test_the_certificate_comes_from_pebble_through_the_balancer_and_renews_without_a_step():
+    # Pebble's root (made at its start, served on its management port) on the balancer.
+    pebble_root = root("stack-ops").check_output("curl -sk https://localhost:15000/roots/0")
+    assert pebble_root.startswith("-----BEGIN CERTIFICATE-----"), pebble_root[:200]
+    subprocess.run(["docker", "exec", "-i", LB, "sh", "-c", f"cat > {PEBBLE_ROOT}"], input=pebble_root + "\n",
+                   text=True, check=True)
     before = served_certificate()
     assert "Pebble" in before and f"DNS:{NAME}" in before and f"DNS:www.{NAME}" in before, before
     # The renewal certbot's timer runs, forced: the challenge is answered through the
