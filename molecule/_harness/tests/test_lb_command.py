@@ -40,16 +40,17 @@ class FakeHaproxy:
         self.thread = threading.Thread(target=self.serve, daemon=True)
         self.thread.start()
 
-    def row(self, pxname, svname, status="", scur=0, qcur=0, check="", desc=""):
+    def row(self, pxname, svname, status="", scur=0, qcur=0, check="", desc="", bck=False):
         values = dict.fromkeys(FIELDS, "")
         values.update(pxname=pxname, svname=svname, status=status, scur=str(scur), qcur=str(qcur),
-                      check_status=check, check_desc=desc)
+                      check_status=check, check_desc=desc, bck="1" if bck else "0")
         return ",".join(values[f] for f in FIELDS)
 
     def stat(self):
         rows = [HEADER, self.row("stats", "FRONTEND", "OPEN"), self.row(self.backend, "BACKEND", "UP")]
         rows[2:2] = [self.row(self.backend, s["name"], s["state"], s.get("sessions", 0), s.get("queued", 0),
-                              s.get("check", "L7OK"), s.get("desc", "")) for s in self.servers.values()]
+                              s.get("check", "L7OK"), s.get("desc", ""), s.get("backup", False))
+                     for s in self.servers.values()]
         return "\n".join(rows) + "\n\n"
 
     def serve(self):
@@ -127,6 +128,21 @@ def test_drain_waits_for_the_sessions_then_puts_the_server_in_maintenance(haprox
     assert result["others_up"] == ["web2"]
     sets = [c for c in fake.commands if c.startswith("set ")]
     assert sets == ["set server multinotes_web/web1 state drain", "set server multinotes_web/web1 state maint"]
+
+
+def test_the_fail_open_twins_are_not_reported_and_follow_their_host(haproxy):
+    fake = haproxy({"name": "web1", "state": "UP"}, {"name": "web2", "state": "UP"},
+                   {"name": "web1-failopen", "state": "no check", "backup": True},
+                   {"name": "web2-failopen", "state": "no check", "backup": True})
+    lb_, _ = balancer(fake)
+    assert [s["name"] for s in lb_.status()["servers"]] == ["web1", "web2"]
+    assert lb_.check() == {"backend": "multinotes_web", "up": ["web1", "web2"]}
+    lb_.drain("web1", timeout=5)
+    assert fake.servers["web1"]["state"] == fake.servers["web1-failopen"]["state"] == "MAINT"
+    assert fake.servers["web2-failopen"]["state"] == "no check"
+    fake.on_poll = lambda f: f.servers["web1"].update(state="UP") if f.servers["web1"]["state"] == "DOWN 1/2" else None
+    lb_.enable("web1", timeout=5)
+    assert "set server multinotes_web/web1-failopen state ready" in fake.commands
 
 
 def test_drain_is_bounded_and_says_how_many_sessions_it_cut(haproxy):

@@ -568,6 +568,19 @@ def test_launch_check_says_no_go_when_redis_is_down():
     redis = root(REDIS_HOST)
     redis.check_output("systemctl stop redis-server@broker")
     try:
+        # Every web host fails its health check at once (a shared store is down): the
+        # balancer fails open, so a static file still answers and /health/ is the app's own
+        # 503 (its JSON names what failed), not HAProxy's 503 for everything.
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            states = json.loads(root("stack-lb").check_output("/usr/local/sbin/multinotes-lb status"))["servers"]
+            if all(s["state"] == "DOWN" for s in states):
+                break
+            time.sleep(0.5)
+        assert all(s["state"] == "DOWN" for s in states), states
+        assert get(hashed_static())[0] == 200
+        status, _, body = get("/health/")
+        assert status == 503 and json.loads(body)["checks"]["redis"] != "ok", (status, body[:300])
         rc, out, report = launch_check()
         assert rc != 0 and report["verdict"] == "NO-GO", out
         failed = {(i["host"], i["id"]) for i in report["items"] if not i["ok"]}
@@ -576,3 +589,9 @@ def test_launch_check_says_no_go_when_redis_is_down():
         assert "NO-GO" in out and "Redis instances active and enabled" in out
     finally:
         redis.check_output("systemctl start redis-server@broker")
+        # Back in rotation before whatever runs next (2 passed checks, 1 s apart).
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(
+                s["state"] == "UP" for s in json.loads(root("stack-lb").check_output(
+                    "/usr/local/sbin/multinotes-lb status"))["servers"]):
+            time.sleep(0.5)

@@ -21,6 +21,11 @@ already in maintenance changes nothing.
 `enable` puts the server back (state ready) and waits until its health checks pass (UP);
 a server that does not come up within --timeout fails the command with what HAProxy saw,
 and stays out of rotation (HAProxy sends nothing to a server that is not UP).
+
+Each web host also has an unchecked twin, <host><failopen suffix>, a backup server HAProxy
+uses only while no checked server is UP (fail open: a shared store down fails every health
+check at once). The command reports the checked servers; drain and enable take the twin
+along, so a drained host gets nothing even when the balancer fails open.
 """
 
 import argparse
@@ -33,7 +38,7 @@ import time
 
 # The haproxy role writes the socket and the backend's name here (its one home is the inventory).
 SETTINGS_FILE = "/etc/haproxy/multinotes-lb.json"
-DEFAULTS = {"socket": "/run/haproxy/admin.sock", "backend": "multinotes_web"}
+DEFAULTS = {"socket": "/run/haproxy/admin.sock", "backend": "multinotes_web", "failopen_suffix": "-failopen"}
 POLL = 0.25
 
 
@@ -74,6 +79,7 @@ def parse_stat(text, backend):
             "queued": int(row.get("qcur") or 0),
             "check": row.get("check_status", ""),
             "check_desc": row.get("check_desc", ""),
+            "backup": row.get("bck") == "1",
         })
     return servers
 
@@ -83,15 +89,28 @@ def is_up(server):
 
 
 class Balancer:
-    def __init__(self, path, backend, clock=time.monotonic, sleep=time.sleep):
+    def __init__(self, path, backend, clock=time.monotonic, sleep=time.sleep, failopen_suffix="-failopen"):
         self.path, self.backend, self.clock, self.sleep = path, backend, clock, sleep
+        self.failopen_suffix = failopen_suffix
+        self.twins = set()
 
     def servers(self):
+        """The checked servers (the web hosts); their fail-open twins are noted apart."""
         answer = ask(self.path, "show stat")
-        servers = parse_stat(answer, self.backend)
+        every = parse_stat(answer, self.backend)
+        servers = [s for s in every if not s["backup"]]
+        self.twins = {s["name"] for s in every if s["backup"]}
         if not servers:
             raise LbError(f"HAProxy has no server in backend {self.backend!r}: {answer.strip()[:200]!r}")
+        for server in servers:
+            del server["backup"]
         return servers
+
+    def set_state(self, name, state):
+        """The server's state, and its fail-open twin's with it."""
+        self.command(f"set server {self.backend}/{name} state {state}")
+        if name + self.failopen_suffix in self.twins:
+            self.command(f"set server {self.backend}/{name}{self.failopen_suffix} state {state}")
 
     def server(self, name, servers=None):
         for server in servers if servers is not None else self.servers():
@@ -122,7 +141,7 @@ class Balancer:
             raise LbError(f"refusing to drain {name}: no other server of {self.backend} is UP ({states}); "
                           "it would take the site down")
         started = self.clock()
-        self.command(f"set server {self.backend}/{name} state drain")
+        self.set_state(name, "drain")
         while True:
             me = self.server(name)
             if me["sessions"] == 0 and me["queued"] == 0:
@@ -130,7 +149,7 @@ class Balancer:
             if self.clock() - started >= timeout:
                 break
             self.sleep(POLL)
-        self.command(f"set server {self.backend}/{name} state maint")
+        self.set_state(name, "maint")
         return {"server": name, "changed": True, "state": "MAINT", "others_up": others_up,
                 "waited": round(self.clock() - started, 2), "sessions_cut": me["sessions"] + me["queued"]}
 
@@ -139,7 +158,7 @@ class Balancer:
         if is_up(me):
             return {"server": name, "changed": False, "state": "UP"}
         started = self.clock()
-        self.command(f"set server {self.backend}/{name} state ready")
+        self.set_state(name, "ready")
         while not is_up(me):
             if self.clock() - started >= timeout:
                 raise LbError(f"{name} did not come UP within {timeout:g} s after it was enabled: state {me['state']}, "
@@ -188,7 +207,7 @@ def main(argv=None):
     enable.add_argument("server")
     enable.add_argument("--timeout", type=positive, default=60.0)
     args = parser.parse_args(argv)
-    lb = Balancer(args.socket, args.backend)
+    lb = Balancer(args.socket, args.backend, failopen_suffix=settings["failopen_suffix"])
     try:
         if args.action == "status":
             result = lb.status()

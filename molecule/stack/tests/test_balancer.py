@@ -1,4 +1,5 @@
-"""The balancer tier, by behaviour (after the story in test_stack.py): both web hosts serve
+"""The balancer tier, by behaviour (before the story in test_stack.py, whose power cycle
+restarts Pebble, which keeps its accounts in memory): both web hosts serve
 through HAProxy; nginx sees each client's own address (the login limit throttles one client,
 not everyone) and a client gains nothing by sending its own X-Forwarded-For or PROXY header;
 a web host whose nginx stops is taken out of rotation within a bound, and the requests in
