@@ -113,6 +113,27 @@ def test_a_web_host_whose_nginx_stops_is_ejected_within_the_bound():
 PEBBLE_ROOT = "/root/pebble-root.pem"
 
 
+def test_reloads_of_the_balancer_under_load_fail_no_request():
+    """A configuration change reaches HAProxy by a reload (the converge's handler, a
+    renewal's deploy hook): the new workers take the listening sockets over, the old ones
+    finish their connections. Five reloads under the client: nothing fails, nothing pauses
+    (the bound: 1 s, CI's loaded machine included; the figure is printed)."""
+    master = root(LB).check_output("systemctl show -p MainPID --value haproxy")
+    with Load(workers=3) as load:
+        time.sleep(2)
+        started = time.monotonic()
+        for _ in range(5):
+            root(LB).check_output("systemctl reload haproxy")
+            time.sleep(1)
+        elapsed = time.monotonic() - started
+        time.sleep(2)
+    line = load.report("5 reloads of HAProxy under load", elapsed)
+    assert load.counts["failed"] == 0, (line, load.errors[:5])
+    assert load.longest_gap() < 1.0, line
+    # Reloaded, not restarted: the same master process.
+    assert root(LB).check_output("systemctl show -p MainPID --value haproxy") == master
+
+
 def served_certificate():
     """The certificate the balancer serves for the site's name, verified against Pebble's
     root for that name (chain and hostname): its serial, issuer and names."""
