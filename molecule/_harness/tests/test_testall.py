@@ -35,3 +35,24 @@ def test_a_long_verdict_is_cut_and_a_passing_log_has_none():
     long = "FAILED tests/x.py::test_y - " + "e" * 5000
     assert testall.failed_verdicts([long]) == [long[:testall.VERDICT_CHARS]]
     assert testall.failed_verdicts([line for line in LOG.splitlines() if not line.startswith(("FAILED", "ERROR"))]) == []
+
+
+CI_DURATIONS = {"stack": 1930, "app": 1384, "base": 1126, "backup": 776, "monitoring": 578, "web": 556, "redis": 250}
+
+
+def span(queues, known):
+    return max(sum(known[n] for n in q) for q in queues)
+
+
+def test_the_lanes_end_together_as_far_as_the_durations_allow():
+    queues = testall.plan_lanes(list(CI_DURATIONS), CI_DURATIONS, 3)
+    assert sorted(n for q in queues for n in q) == sorted(CI_DURATIONS)
+    # The first free lane, longest first, ends at 2458 s with these; the best split at 2260 s.
+    assert span(queues, CI_DURATIONS) == 2260
+    assert queues[0][0] == "stack" and all(q == sorted(q, key=lambda n: -CI_DURATIONS[n]) for q in queues)
+
+
+def test_an_untimed_scenario_counts_as_the_longest_and_fewer_scenarios_than_lanes_fit():
+    queues = testall.plan_lanes(["new", "web", "redis"], {"web": 556, "redis": 250}, 3)
+    assert sorted(map(tuple, queues)) == [("new",), ("redis",), ("web",)]
+    assert testall.plan_lanes(["web"], {}, 3) == [["web"]]
