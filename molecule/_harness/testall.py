@@ -77,9 +77,9 @@ def plan_lanes(names, known, lanes):
             min(queues, key=lambda q: sum(cost[n] for n in q)).append(name)
         return [q for q in queues if q]
     best, best_span = None, float("inf")
-    for assignment in itertools.product(range(lanes), repeat=len(names)):
-        if assignment and assignment[0] != 0:
-            continue  # lanes are interchangeable: the longest scenario goes to the first
+    # Lanes are interchangeable: the longest scenario goes to the first, the rest anywhere.
+    for rest in itertools.product(range(lanes), repeat=max(len(names) - 1, 0)):
+        assignment = (0,) + rest if names else ()
         totals = [0] * lanes
         for name, lane in zip(names, assignment):
             totals[lane] += cost[name]

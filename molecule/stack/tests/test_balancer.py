@@ -7,6 +7,7 @@ that window are counted; the certificate comes from Pebble through the balancer 
 renewal is served with no manual step; a rolling reboot under a continuous client fails no
 request; bad input fails before any change."""
 
+import json
 import re
 import subprocess
 import time
@@ -25,7 +26,6 @@ CONTROLLER = "10.231.7.1"
 
 
 def lb_status():
-    import json
     return {s["name"]: s for s in json.loads(root(LB).check_output("/usr/local/sbin/multinotes-lb status"))["servers"]}
 
 

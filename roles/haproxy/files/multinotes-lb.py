@@ -113,10 +113,11 @@ class Balancer:
             self.command(f"set server {self.backend}/{name}{self.failopen_suffix} state {state}")
 
     def server(self, name, servers=None):
-        for server in servers if servers is not None else self.servers():
+        servers = self.servers() if servers is None else servers
+        for server in servers:
             if server["name"] == name:
                 return server
-        known = ", ".join(s["name"] for s in servers or self.servers())
+        known = ", ".join(s["name"] for s in servers)
         raise LbError(f"{name!r} is not a server of backend {self.backend} (its servers: {known})")
 
     def command(self, text):
