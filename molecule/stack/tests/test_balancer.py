@@ -4,7 +4,8 @@ through HAProxy; nginx sees each client's own address (the login limit throttles
 not everyone) and a client gains nothing by sending its own X-Forwarded-For or PROXY header;
 a web host whose nginx stops is taken out of rotation within a bound, and the requests in
 that window are counted; the certificate comes from Pebble through the balancer and a forced
-renewal is served with no manual step; a rolling reboot under a continuous client fails no
+renewal is served with no manual step; a converge after systemd restarted a crashed HAProxy
+passes and changes nothing; a rolling reboot under a continuous client fails no
 request; bad input fails before any change."""
 
 import json
@@ -14,7 +15,8 @@ import time
 import uuid
 
 import pytest
-from test_stack import FRONT, NAME, WEBS, Load, get, play, root
+import testlib
+from test_stack import FRONT, NAME, PLAYBOOKS, WEBS, Load, get, play, root
 
 LB = "stack-lb"
 # The balancer's health checks: every second, two failures in a row take a server out
@@ -132,6 +134,31 @@ def test_reloads_of_the_balancer_under_load_fail_no_request():
     assert load.longest_gap() < 1.0, line
     # Reloaded, not restarted: the same master process.
     assert root(LB).check_output("systemctl show -p MainPID --value haproxy") == master
+
+
+def haproxy_unit():
+    return dict(line.split("=", 1) for line in root(LB).check_output(
+        "systemctl show haproxy -p MainPID -p NRestarts -p ActiveState").splitlines())
+
+
+def test_a_converge_after_systemd_restarted_a_crashed_haproxy_passes_and_changes_nothing():
+    """systemd restarts a crashed HAProxy by itself and keeps counting (NRestarts) until
+    someone starts it by hand. The role's check after a change fails on a count that GREW
+    (a restart loop), not on an old crash: the next converge passes and restarts nothing."""
+    before = haproxy_unit()
+    root(LB).check_output("kill -9 %s", before["MainPID"])
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        after = haproxy_unit()
+        if after["ActiveState"] == "active" and after["MainPID"] not in ("0", before["MainPID"]):
+            break
+        time.sleep(0.2)
+    assert int(after["NRestarts"]) == int(before["NRestarts"]) + 1, (before, after)
+    assert get("/health/")[0] == 200
+    rc, out, recap = testlib.run_playbook(PLAYBOOKS / "lb.yml", limit=LB, tags=["haproxy"])
+    assert rc == 0 and recap[LB]["changed"] == 0, out
+    # Nothing restarted it: the count is still there, the same master serves.
+    assert haproxy_unit() == after
 
 
 def served_certificate():
