@@ -1,17 +1,23 @@
 import json
+import logging
+import re
 import threading
+import uuid
 
 import redis
 from celery.result import AsyncResult
 from django.conf import settings
 from django.contrib.auth import authenticate, login
 from django.core import signing
+from django.core.files.storage import default_storage
 from django.db import connection
-from django.http import Http404, HttpResponse, JsonResponse
+from django.http import Http404, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
+from . import media
 from .management.commands.sentry_check import TOKEN_SALT
 from .tasks import SentryCheckError, add
 
@@ -142,3 +148,83 @@ def sentry_check(request):
     except signing.BadSignature:
         raise Http404
     raise SentryCheckError(f"sentry check from a request: {request.headers.get('X-Sentry-Check-Marker', '')}")
+
+
+log = logging.getLogger(__name__)
+
+
+def _refuse(status, error, close=False):
+    response = JsonResponse({"error": error}, status=status)
+    if close:
+        # Answered before the body was read: gunicorn must not read (and drop) up to
+        # MEDIA_MAX_UPLOAD_BYTES to keep the connection alive.
+        response["Connection"] = "close"
+    return response
+
+
+def _csrf_failure(request):
+    """The session's CSRF check, run by hand: the view is csrf_exempt so that Django's
+    middleware never parses a multipart body (into temp files) before the view refuses it;
+    the check itself reads no body for the content types this endpoint takes."""
+    return CsrfViewMiddleware(lambda req: None).process_view(request, None, (), {})
+
+
+@never_cache
+@csrf_exempt
+@require_POST
+def media_upload(request):
+    """POST the file itself as the body (not multipart), with its Content-Type and
+    Content-Length, logged in (session + X-CSRFToken). 201 {key, size, content_type, url,
+    expires_in}: `url` a presigned GET. Every check that can be made on the headers is made
+    before a byte of the body is read; the body streams to S3 and never touches a disk here."""
+    if not request.user.is_authenticated:
+        return _refuse(401, "log in first (POST /api/v1/auth/login/)", close=True)
+    if not settings.AWS_BUCKET:
+        return _refuse(503, "media storage is not configured: AWS_BUCKET is not set", close=True)
+    declared = request.META.get("CONTENT_LENGTH", "")
+    if not declared.isdigit():
+        return _refuse(411, "Content-Length is required (chunked uploads are not accepted)", close=True)
+    length = int(declared)
+    if length > settings.MEDIA_MAX_UPLOAD_BYTES:
+        return _refuse(413, f"the file is larger than {settings.MEDIA_MAX_UPLOAD_BYTES} bytes", close=True)
+    if length == 0:
+        return _refuse(400, "the body is empty: send the file itself as the request body", close=True)
+    content_type = request.content_type or ""
+    if content_type not in settings.MEDIA_ALLOWED_TYPES:
+        return _refuse(415, f"Content-Type must be one of {', '.join(settings.MEDIA_ALLOWED_TYPES)}", close=True)
+    denied = _csrf_failure(request)
+    if denied is not None:
+        denied["Connection"] = "close"
+        return denied
+    head = media.read_head(request, media.head_size(content_type))
+    if not media.matches(content_type, head):
+        return _refuse(415, f"the file's content is not {content_type}", close=True)
+    key = f"{settings.MEDIA_UPLOAD_PREFIX}/{uuid.uuid4().hex}.{media.extension(content_type)}"
+    stream = media.UploadStream(request, head, length, content_type, key)
+    try:
+        key = default_storage.save(key, stream)
+    except media.ShortBody as exc:
+        return _refuse(400, str(exc), close=True)
+    except Exception:  # noqa: BLE001 - S3 refused or is unreachable; the log has the cause
+        log.exception("media upload to S3 failed (%s bytes, %s)", length, content_type)
+        return _refuse(502, "the media store refused the upload; nothing was stored", close=True)
+    return JsonResponse({"key": key, "size": stream.bytes_read, "content_type": content_type,
+                         "url": default_storage.url(key), "expires_in": settings.AWS_QUERYSTRING_EXPIRE},
+                        status=201)
+
+
+_MEDIA_KEY = re.compile(r"^[A-Za-z0-9_-]+/[0-9a-f]{32}\.[a-z]{3,4}$")
+
+
+@never_cache
+@require_GET
+def media_file(request, key):
+    """302 to a fresh presigned URL of an uploaded object, or 404."""
+    if not request.user.is_authenticated:
+        return _refuse(401, "log in first (POST /api/v1/auth/login/)")
+    if not settings.AWS_BUCKET:
+        return _refuse(503, "media storage is not configured: AWS_BUCKET is not set")
+    if not _MEDIA_KEY.match(key) or not key.startswith(settings.MEDIA_UPLOAD_PREFIX + "/") \
+            or not default_storage.exists(key):
+        raise Http404
+    return HttpResponseRedirect(default_storage.url(key))

@@ -127,7 +127,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 STATIC_URL = env("STATIC_URL", "/static/")
 STATIC_ROOT = env("STATIC_ROOT", str(BASE_DIR / "staticfiles"))
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # Media: S3 when AWS_BUCKET is set, else a storage that refuses to save (below).
+    "default": {"BACKEND": "core.media.MediaNotConfiguredStorage"},
     # Hashed names: nginx may cache them for a year, a new release gets new names.
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.ManifestStaticFilesStorage"},
 }
@@ -249,3 +250,54 @@ if SENTRY_DSN:
         integrations=[DjangoIntegration(), CeleryIntegration()],
         send_default_pii=False,
     )
+
+# ---- Media on S3 (django-storages): only when AWS_BUCKET is set ----
+# Unset, the default storage refuses every save and the upload endpoint answers 503 naming
+# AWS_BUCKET: media never lands on a web host's disk, where one host alone would see it.
+AWS_BUCKET = env("AWS_BUCKET", "")
+# The upload endpoint's limit: the edge's (nginx client_max_body_size 250m = 250 MiB).
+MEDIA_MAX_UPLOAD_BYTES = env_int("MEDIA_MAX_UPLOAD_BYTES", 250 * 1024 * 1024)
+# Content types the upload endpoint takes; the body's first bytes must match (core/media.py).
+from core.media import check_allowed_types  # noqa: E402 - after the env helpers above
+
+MEDIA_ALLOWED_TYPES = check_allowed_types(env_list(
+    "MEDIA_ALLOWED_TYPES", "image/png,image/jpeg,image/gif,image/webp,application/pdf"))
+# Objects the endpoint writes get keys under this prefix (the server chooses the rest).
+MEDIA_UPLOAD_PREFIX = env("MEDIA_UPLOAD_PREFIX", "uploads")
+AWS_QUERYSTRING_EXPIRE = env_int("AWS_QUERYSTRING_EXPIRE", 3600)
+if not 1 <= AWS_QUERYSTRING_EXPIRE <= 604800:
+    raise ImproperlyConfigured("AWS_QUERYSTRING_EXPIRE must be 1-604800 seconds (S3 refuses presigned URLs beyond 7 days)")
+if AWS_BUCKET:
+    from boto3.s3.transfer import TransferConfig
+
+    _addressing = env("AWS_S3_ADDRESSING_STYLE", "virtual")
+    if _addressing not in ("virtual", "path"):
+        raise ImproperlyConfigured(f"AWS_S3_ADDRESSING_STYLE={_addressing!r} is not virtual or path")
+    # A request body is not seekable: boto3 reads it in parts of 8 MiB, at most this many in
+    # memory at once (the memory an upload costs a gunicorn worker: 4 x 8 MiB).
+    _transfer = TransferConfig(multipart_threshold=8 * 1024 * 1024, multipart_chunksize=8 * 1024 * 1024,
+                               max_concurrency=4)
+    _transfer.max_in_memory_upload_chunks = 4
+    STORAGES["default"] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": AWS_BUCKET,
+            "region_name": env("AWS_DEFAULT_REGION", "us-east-1"),
+            "access_key": env("AWS_ACCESS_KEY_ID"),
+            "secret_key": env("AWS_SECRET_ACCESS_KEY"),
+            # Empty: AWS's own endpoint for the region; set for S3-compatible servers.
+            "endpoint_url": env("AWS_S3_ENDPOINT_URL"),
+            "addressing_style": _addressing,
+            "signature_version": "s3v4",
+            # The bucket is private: objects get no ACL, reads go through presigned URLs.
+            "default_acl": None,
+            "querystring_auth": True,
+            "querystring_expire": AWS_QUERYSTRING_EXPIRE,
+            # Two uploads never share a key (the endpoint picks uuid keys anyway).
+            "file_overwrite": False,
+            # botocore would verify with certifi's bundle, ignoring a CA the operator installs.
+            "verify": env("AWS_S3_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt"),
+            "use_ssl": True,
+            "transfer_config": _transfer,
+        },
+    }

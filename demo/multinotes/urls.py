@@ -10,6 +10,8 @@ urlpatterns = [
     path("api/v1/auth/login/", views.login_view, name="login"),
     path("api/v1/tasks/", views.enqueue, name="enqueue"),
     path("api/v1/tasks/<str:task_id>/", views.task_result, name="task-result"),
+    path("api/v1/media/", views.media_upload, name="media-upload"),
+    path("api/v1/media/<path:key>", views.media_file, name="media-file"),
     path("api/v1/sentry-check/", views.sentry_check, name="sentry-check"),
     path("admin/", admin.site.urls),
     path("", views.index, name="index"),

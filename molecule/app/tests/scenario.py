@@ -16,4 +16,4 @@ VALID = next(play for play in yaml.safe_load((SCENARIO / "converge.yml").read_te
              if "ansible.builtin.import_playbook" in play)["vars"]
 # Every secret of the converge: none may reach a play's output.
 SECRETS = [VALID["app_secret_key"], VALID["app_db_password"], VALID["app_db_migrate_password"],
-           "Test-Only-Redis-Pw-2026", VALID["app_sentry_dsn"]]
+           "Test-Only-Redis-Pw-2026", VALID["app_sentry_dsn"], VALID["app_media_secret_access_key"]]
