@@ -265,6 +265,9 @@ MEDIA_ALLOWED_TYPES = check_allowed_types(env_list(
 # Objects the endpoint writes get keys under this prefix (the server chooses the rest).
 MEDIA_UPLOAD_PREFIX = env("MEDIA_UPLOAD_PREFIX", "uploads")
 AWS_QUERYSTRING_EXPIRE = env_int("AWS_QUERYSTRING_EXPIRE", 3600)
+# The launch check's media item (manage.py media_check) expects the bucket's public access
+# block; false only for an S3-compatible server that has no such API.
+MEDIA_PUBLIC_ACCESS_BLOCK = env_bool("MEDIA_PUBLIC_ACCESS_BLOCK", True)
 if not 1 <= AWS_QUERYSTRING_EXPIRE <= 604800:
     raise ImproperlyConfigured("AWS_QUERYSTRING_EXPIRE must be 1-604800 seconds (S3 refuses presigned URLs beyond 7 days)")
 if AWS_BUCKET:

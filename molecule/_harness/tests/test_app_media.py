@@ -76,7 +76,8 @@ def test_media_on_writes_the_checklists_names():
         "AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_S3_ENDPOINT_URL": "",
         "AWS_S3_ADDRESSING_STYLE": "virtual", "AWS_S3_CA_BUNDLE": "/etc/ssl/certs/ca-certificates.crt",
         "AWS_QUERYSTRING_EXPIRE": "3600", "MEDIA_MAX_UPLOAD_BYTES": "262144000",
-        "MEDIA_ALLOWED_TYPES": "image/png,image/jpeg,application/pdf"}
+        "MEDIA_ALLOWED_TYPES": "image/png,image/jpeg,application/pdf", "MEDIA_PUBLIC_ACCESS_BLOCK": "true"}
+    assert am.app_media_env(dict(GOOD, media_public_access_block_enabled=False))["MEDIA_PUBLIC_ACCESS_BLOCK"] == "false"
 
 
 def test_media_off_writes_no_aws_line():

@@ -137,6 +137,8 @@ def app_media_env(settings):
             "AWS_S3_ADDRESSING_STYLE": str(s.get("media_addressing_style")),
             "AWS_S3_CA_BUNDLE": str(s.get("media_ca_file")),
             "AWS_QUERYSTRING_EXPIRE": str(_int(s.get("media_url_expiry_seconds"))),
+            # What the launch check's media item expects of the bucket (media_check).
+            "MEDIA_PUBLIC_ACCESS_BLOCK": "true" if _on(s.get("media_public_access_block_enabled", True)) else "false",
         })
     return env
 
