@@ -117,3 +117,37 @@ def test_the_presigned_url_in_the_answer_works(uploaded):
 def test_an_upload_declaring_251_mib_is_refused_and_nothing_lands(web):
     refused = client(web, "declare", 251 * 1024 * 1024)
     assert refused == {"status": 413, "landed": []}
+
+
+VERSIONING = r'''
+import sys, boto3
+from botocore.config import Config
+akey, asecret, bucket, status = sys.argv[1:5]
+boto3.client("s3", endpoint_url="https://app-redis:9443", verify="/etc/ssl/certs/ca-certificates.crt",
+             region_name="us-east-1", aws_access_key_id=akey, aws_secret_access_key=asecret,
+             config=Config(signature_version="s3v4", s3={"addressing_style": "path"})
+             ).put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": status})
+'''
+
+
+def set_versioning(web, status):
+    web.check_output("%s -c %s %s %s %s %s", PYTHON, VERSIONING, S3["molecule_test_s3_admin"][0],
+                     S3["molecule_test_s3_admin"][1], S3["molecule_test_s3_bucket"], status)
+
+
+def test_the_launch_checks_media_item_passes_and_names_a_setting_that_drifted(web):
+    """`media_check` (the launch check's media-bucket item) with the app's own key: every
+    setting the media role made reads back, a file goes through the storage; with
+    versioning suspended behind the role's back it fails and says so."""
+    passed = web.run("multinotes-manage media_check 2>&1")
+    assert passed.rc == 0 and "every item passes" in passed.stdout.splitlines()[0], passed.stdout
+    for line in ("ok: versioning: Enabled", "ok: the same URL unsigned: refused (403)", "ok: policy: plain-HTTP requests denied"):
+        assert line in passed.stdout, passed.stdout
+    set_versioning(web, "Suspended")
+    try:
+        drifted = web.run("multinotes-manage media_check 2>&1")
+    finally:
+        set_versioning(web, "Enabled")
+    # The first line names what failed (the command's error, or its first item line).
+    assert drifted.rc != 0 and "versioning: Suspended" in drifted.stdout.splitlines()[0], drifted.stdout
+    assert "FAILED: versioning: Suspended" in drifted.stdout and "ok: policy:" in drifted.stdout, drifted.stdout
