@@ -316,9 +316,13 @@ def test_launch_check_says_go():
                      ("stack-web", "check-deploy"), ("stack-web2", "web-services"), ("stack-worker", "celery-workers"),
                      ("stack-worker", "celery-beat"), ("stack-db", "redis-auth"), ("stack-db", "db-remote-root"),
                      ("stack-db", "db-runtime-no-ddl"), ("stack-db", "backup-fresh"), ("stack-db", "backup-drill"),
-                     ("stack-db", "backup-cron")]:
+                     ("stack-db", "backup-cron"), ("stack-web", "media-bucket")]:
         assert expected in ids, expected
     assert all(i["evidence"] for i in report["items"])
+    # Media is on here (SeaweedFS on stack-ops): the bucket's settings were read back and a
+    # file went through the app's storage, not skipped as "off".
+    media = next(i for i in report["items"] if i["id"] == "media-bucket")
+    assert media["ok"] and not media["off"] and "every item passes" in media["evidence"], media
 
 
 def test_health_checks_reuse_their_redis_connection():
