@@ -576,6 +576,35 @@ def test_nginx_runs_sandboxed(web, host):
     h.check_output("nsenter -t %s -m sh -c 'touch /var/log/nginx/sandbox-probe && rm /var/log/nginx/sandbox-probe'", pid)
 
 
+def test_drift_and_stopped_units_are_reported_in_check_mode_and_put_back(web):
+    """A no-op converge installs only the files the whole-tree test found different and asks
+    systemd only about units not active and enabled (issue #20): a hand-edited file, a
+    disabled nginx and stopped timers are still reported by check mode, then put back, and
+    the file's change reloads nginx."""
+    host = "web-13"
+    h = web[host]
+    conf = "/etc/nginx/snippets/multinotes-proxy.conf"
+    want, pid = h.check_output("sha256sum %s", conf), main_pid(h)
+    h.check_output("echo '# a hand edit' >> %s", conf)
+    h.check_output("systemctl disable nginx && systemctl disable --now logrotate.timer certbot.timer")
+    rc, out, recap = testlib.run_playbook(SCENARIO / "converge.yml", limit=host, check=True)
+    # The four tasks, and the reload their file change notifies (check mode runs handlers too).
+    assert rc == 0 and recap[host]["changed"] == 5, out
+    assert "RUNNING HANDLER [nginx : Reload nginx]" in out, out
+    for task in ("Install the tested configuration", "Start nginx now and at boot",
+                 "Start the logrotate timer and enable it at boot", "Start the renewal timer now and at boot"):
+        assert re.search(rf"TASK \[\w+ : {task}\][^\n]*\n(?:[^\n]*\n)?changed:", out), f"{task}:\n{out}"
+    assert h.check_output("sha256sum %s", conf) != want
+    rc, out, recap = testlib.run_playbook(SCENARIO / "converge.yml", limit=host)
+    # The same five, for real.
+    assert rc == 0 and recap[host]["changed"] == 5, out
+    assert "RUNNING HANDLER [nginx : Reload nginx]" in out, out
+    assert h.check_output("sha256sum %s", conf) == want
+    for unit in ("nginx", "logrotate.timer", "certbot.timer"):
+        assert h.service(unit).is_enabled and h.service(unit).is_running, unit
+    assert main_pid(h) == pid, "nginx was restarted, not reloaded"
+
+
 # Last: it leaves the rejected configuration in the staging directory (never in /etc/nginx).
 def test_an_invalid_directive_never_reaches_the_running_nginx(client, web):
     h = web["web-12"]
