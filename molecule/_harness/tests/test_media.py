@@ -51,7 +51,8 @@ def server(tmp_path_factory):
 
 
 def role_vars(srv, **overrides):
-    values = {"media_s3_endpoint": srv["https"], "media_s3_ca_bundle": srv["ca"],
+    # The role switched on explicitly: the default inventory (the demo's) has media off.
+    values = {"media_enabled": True, "media_s3_endpoint": srv["https"], "media_s3_ca_bundle": srv["ca"],
               "media_s3_access_key": ADMIN[0], "media_s3_secret_key": ADMIN[1],
               "media_bucket": MEDIA, "media_backup_bucket": BACKUP,
               # SeaweedFS answers NotImplemented to PutPublicAccessBlock (README: what AWS alone enforces).
