@@ -85,9 +85,12 @@ def slow_post(path, headers, body, seconds):
     seen, done = set(), threading.Event()
 
     def watch():
+        # nginx unlinks a body's temp file as soon as it opens it: the file shows only among
+        # the worker's open files, as "<path> (deleted)".
         while not done.is_set():
             for name in WEBS:
-                seen.update(f"{name}:{f}" for f in root(name).run("find %s -type f", BODY_TEMP).stdout.split())
+                found = root(name).run("find /proc/[0-9]*/fd -lname '%s/*' -printf '%%l\\n' 2>/dev/null", BODY_TEMP)
+                seen.update(f"{name}:{f}" for f in found.stdout.splitlines() if f)
             time.sleep(0.05)
 
     watcher = threading.Thread(target=watch)
@@ -141,9 +144,9 @@ def test_nginx_streams_the_upload_and_writes_no_body_to_disk(uploaded, session):
 def curl_on_web(url):
     """GET from stack-web (which resolves stack-ops and trusts its CA): status and body digest."""
     out = root("stack-web").check_output(
-        "curl -s --cacert %s -o /root/media-get -w '%%{http_code}' %s && sha256sum /root/media-get", S3_CA, url)
-    status, digest = out.split(maxsplit=1)
-    return int(status[:3]), digest.split()[0] if status[:3] == "200" else ""
+        "curl -s --cacert %s -o /root/media-get -w '%%{http_code}\\n' %s && sha256sum /root/media-get", S3_CA, url)
+    status, digest = out.splitlines()[:2]
+    return int(status), digest.split()[0] if status == "200" else ""
 
 
 def test_the_bucket_refuses_the_object_unsigned_and_serves_the_presigned_url(uploaded):
