@@ -12,7 +12,7 @@ import json
 import os
 import socket
 import ssl
-import threading
+import subprocess
 import time
 from http.cookies import SimpleCookie
 
@@ -79,28 +79,44 @@ def session():
             "X-CSRFToken": cookies["csrftoken"].value, "Origin": ORIGIN, "Referer": ORIGIN + "/"}
 
 
+# Prints the name of every file created in the directory (argv[1]) until its stdin closes,
+# after a first line "watching". nginx unlinks a body's temp file right after creating it, so
+# neither a listing nor (without CAP_SYS_PTRACE) the workers' open files show it; the
+# creation itself does.
+WATCH = r"""
+import ctypes, os, select, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.inotify_init1(0)
+if fd < 0 or libc.inotify_add_watch(fd, sys.argv[1].encode(), 0x100) < 0:  # IN_CREATE
+    sys.exit(f"inotify: errno {ctypes.get_errno()}")
+print("watching", flush=True)
+while True:
+    ready = select.select([fd, 0], [], [], 60)[0]
+    if fd in ready:
+        data, i = os.read(fd, 65536), 0
+        while i < len(data):
+            length = struct.unpack_from("iIII", data, i)[3]
+            print(data[i + 16:i + 16 + length].rstrip(b"\0").decode(), flush=True)
+            i += 16 + length
+    elif not ready or not os.read(0, 1):  # the controller closed stdin (or a minute passed)
+        break
+"""
+
+
 def slow_post(path, headers, body, seconds):
-    """POST `body` in pieces over about `seconds`, watching nginx's body temp directory on
-    both web hosts meanwhile: (status, answer, files seen there during the upload)."""
-    seen, done = set(), threading.Event()
-
-    def watch():
-        # nginx unlinks a body's temp file as soon as it opens it: the file shows only among
-        # the worker's open files, as "<path> (deleted)".
-        while not done.is_set():
-            for name in WEBS:
-                found = root(name).run("find /proc/[0-9]*/fd -lname '%s/*' -printf '%%l\\n' 2>/dev/null", BODY_TEMP)
-                seen.update(f"{name}:{f}" for f in found.stdout.splitlines() if f)
-            time.sleep(0.05)
-
-    watcher = threading.Thread(target=watch)
+    """POST `body` in pieces over about `seconds`, while nginx's body temp directory on both
+    web hosts is watched: (status, answer, the files created there meanwhile)."""
+    watchers = {name: subprocess.Popen(["docker", "exec", "-i", name, "python3", "-c", WATCH, BODY_TEMP],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                for name in WEBS}
+    for name, proc in watchers.items():
+        assert proc.stdout.readline().strip() == "watching", (name, proc.stdout.read())
     conn = Front()
-    conn.putrequest("POST", path)
-    for key, value in {**headers, "Content-Length": str(len(body))}.items():
-        conn.putheader(key, value)
-    conn.endheaders()
-    watcher.start()
     try:
+        conn.putrequest("POST", path)
+        for key, value in {**headers, "Content-Length": str(len(body))}.items():
+            conn.putheader(key, value)
+        conn.endheaders()
         pieces = 40
         step = len(body) // pieces + 1
         for start in range(0, len(body), step):
@@ -109,9 +125,12 @@ def slow_post(path, headers, body, seconds):
         answer = conn.getresponse()
         payload = answer.read()
     finally:
-        done.set()
-        watcher.join()
         conn.close()
+        time.sleep(0.5)
+    seen = set()
+    for name, proc in watchers.items():
+        out, _ = proc.communicate(timeout=30)  # closes its stdin: the watcher ends
+        seen.update(f"{name}:{line}" for line in out.splitlines() if line.strip())
     return answer.status, payload, seen
 
 
