@@ -566,7 +566,7 @@ def test_everything_comes_back_after_a_reboot():
     # takes its own seconds to serve again; in production the bucket is a service outside the
     # site. The launch check reads the bucket once it answers (403 to an unsigned request).
     while time.monotonic() - started < booted + HEALTH_BOUND:
-        media_store = root("stack-ops").run("curl -sk -o /dev/null -w '%%{http_code}' https://127.0.0.1:9443/").stdout
+        media_store = root("stack-ops").run("curl -sk -o /dev/null -w '%{http_code}' https://127.0.0.1:9443/").stdout
         if media_store == "403":
             break
         time.sleep(1)
