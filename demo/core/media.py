@@ -106,11 +106,7 @@ class UploadStream(File):
         data = b""
         if self._head:
             data, self._head = self._head[:size], self._head[size:]
-        while len(data) < size:
-            chunk = self.file.read(size - len(data))
-            if not chunk:
-                break
-            data += chunk
+        data += read_head(self.file, size - len(data))
         self.bytes_read += len(data)
         if size > 0 and not data and self.bytes_read < self.length:
             raise ShortBody(f"the body ended after {self.bytes_read} of {self.length} bytes")
