@@ -7,11 +7,8 @@ one); the bucket refuses the object unsigned and serves the presigned URL from t
 and from the app's redirect; a declared 251 MiB is refused at the edge and nothing lands."""
 
 import hashlib
-import http.client
 import json
 import os
-import socket
-import ssl
 import subprocess
 import time
 from http.cookies import SimpleCookie
@@ -20,7 +17,7 @@ import boto3
 import pytest
 import yaml
 from botocore.config import Config
-from test_stack import FRONT, NAME, WEBS, root
+from test_stack import NAME, WEBS, front, root
 
 SCENARIO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARS = yaml.safe_load(open(os.path.join(SCENARIO, "group_vars", "all.yml")))
@@ -45,20 +42,6 @@ def keys():
     return {o["Key"] for o in admin().list_objects_v2(Bucket=BUCKET).get("Contents", [])}
 
 
-class Front(http.client.HTTPSConnection):
-    """HTTPS to the balancer with the site's name as SNI and Host."""
-
-    def __init__(self):
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE  # Pebble's root is not in this machine's trust store
-        super().__init__(NAME, 443, timeout=60, context=ctx)
-
-    def connect(self):
-        self.sock = self._context.wrap_socket(socket.create_connection((FRONT, 443), self.timeout),
-                                              server_hostname=NAME)
-
-
 @pytest.fixture(scope="module")
 def session():
     """A user of the site, logged in through the front door: the headers of its requests."""
@@ -66,7 +49,7 @@ def session():
         "multinotes-manage shell -c %s",
         f"from django.contrib.auth.models import User; User.objects.filter(username={USER!r}).exists() "
         f"or User.objects.create_user({USER!r}, '', {PASSWORD!r})")
-    conn = Front()
+    conn = front(timeout=60)
     conn.request("POST", "/api/v1/auth/login/", json.dumps({"username": USER, "password": PASSWORD}),
                  {"Content-Type": "application/json"})
     answer = conn.getresponse()
@@ -111,7 +94,7 @@ def slow_post(path, headers, body, seconds):
                 for name in WEBS}
     for name, proc in watchers.items():
         assert proc.stdout.readline().strip() == "watching", (name, proc.stdout.read())
-    conn = Front()
+    conn = front(timeout=60)
     try:
         conn.putrequest("POST", path)
         for key, value in {**headers, "Content-Length": str(len(body))}.items():
@@ -176,7 +159,7 @@ def test_the_bucket_refuses_the_object_unsigned_and_serves_the_presigned_url(upl
 
 
 def test_the_app_redirects_a_logged_in_user_to_a_fresh_presigned_url(uploaded, session):
-    conn = Front()
+    conn = front(timeout=60)
     conn.request("GET", f"/api/v1/media/{uploaded['answer']['key']}", headers={"Cookie": session["Cookie"]})
     answer = conn.getresponse()
     answer.read()
@@ -187,7 +170,7 @@ def test_the_app_redirects_a_logged_in_user_to_a_fresh_presigned_url(uploaded, s
 
 def test_a_declared_251_mib_upload_is_refused_at_the_edge_and_nothing_lands(session):
     before = keys()
-    conn = Front()
+    conn = front(timeout=60)
     conn.putrequest("POST", "/api/v1/media/")
     for key, value in {**session, "Content-Type": "image/png", "Content-Length": str(251 * MIB)}.items():
         conn.putheader(key, value)

@@ -69,11 +69,16 @@ class _Connection(http.client.HTTPSConnection):
         self.sock = self._context.wrap_socket(sock, server_hostname=NAME)
 
 
-def get(path, timeout=10):
+def front(timeout=10):
+    """A new HTTPS connection to the front door, as a browser makes it."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE  # Pebble's root is not in this machine's trust store
-    conn = _Connection(NAME, 443, timeout=timeout, context=ctx)
+    return _Connection(NAME, 443, timeout=timeout, context=ctx)
+
+
+def get(path, timeout=10):
+    conn = front(timeout)
     try:
         conn.request("GET", path)
         resp = conn.getresponse()
