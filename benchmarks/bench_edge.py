@@ -18,6 +18,7 @@ generator costs the same CPU on both sides. Needs the demo (`make demo`).
 
 import argparse
 import json
+import re
 import shlex
 import statistics
 import subprocess
@@ -28,6 +29,19 @@ HERE = Path(__file__).resolve().parent
 NAME = "multinotes.localhost"
 STATIC = "/static/core/app.css"
 ACME_COPY = "/.well-known/acme-challenge/multinotes-bench-app.css"
+
+
+def live_socket(container):
+    """The gunicorn socket nginx sends to now. Releases are blue/green: the release command
+    names the live slot's socket in nginx's upstream include, whose file name has one home
+    (group_vars/all/release.yml)."""
+    import yaml
+    name = yaml.safe_load((HERE.parent / "group_vars/all/release.yml").read_text())["multinotes_nginx_upstream_include"]
+    text = sh(["docker", "exec", container, "cat", f"/etc/nginx/{name}"]).stdout
+    found = re.search(r"^\s*server\s+unix:([^\s;]+)", text, re.M)
+    if not found:
+        sys.exit(f"bench_edge: /etc/nginx/{name} in {container} names no unix socket:\n{text}")
+    return found[1]
 
 
 def sh(cmd, **kwargs):
@@ -69,7 +83,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=10)
     parser.add_argument("--connections", type=int, default=8)
-    parser.add_argument("--socket", default="/run/multinotes/gunicorn.sock")
+    parser.add_argument("--socket", help="gunicorn's socket in the container (default: the live slot's, "
+                        "read from nginx's upstream include)")
     parser.add_argument("--local-a", help="URL of side A on this machine (no container)")
     parser.add_argument("--local-b", help="URL of side B on this machine")
     parser.add_argument("--local-extra", default="--insecure", help="more loadgen arguments for both local sides")
@@ -84,12 +99,13 @@ def main():
     else:
         c = args.container
         put(c, HERE / "loadgen.py", "/tmp/multinotes-loadgen.py")
+        socket = args.socket or live_socket(c)
         tls = ["--host", NAME, "--insecure"]
         results.append(compare(
             "health: nginx TLS / gunicorn socket", c,
             ("nginx https /health/", ["--url", "https://127.0.0.1:443/health/", *tls]),
             ("gunicorn unix socket /health/", ["--url", "http://localhost/health/", "--host", NAME,
-                                               "--unix-socket", args.socket]),
+                                               "--unix-socket", socket]),
             args.rounds, args.connections, args.duration))
         root = sh(["docker", "exec", c, "sh", "-c", "readlink -f /srv/multinotes/current"]).stdout.strip()
         # The static root of the live release (STATIC_ROOT); see roles/nginx nginx_static_root.
@@ -114,6 +130,11 @@ def main():
     print(f"\n{args.rounds} rounds of {args.duration:g} s per side, interleaved A/B, {args.connections} keepalive connections.")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+    # A side that answered nothing is a broken setup, not a ratio.
+    dead = [r["benchmark"] for r in results if not (r["rps_a"] and r["rps_b"])]
+    if dead:
+        print(f"bench_edge: a side answered no request in: {', '.join(dead)}", file=sys.stderr)
+        return 1
     return 0
 
 
