@@ -18,7 +18,7 @@ ALL_SCENARIOS := $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule
 OSV_URL ?= http://127.0.0.1:8486/v1/query
 PLAYBOOKS := site.yml $(wildcard playbooks/*.yml)
 
-.PHONY: help venv harness images lint syntax pytest scenario test test-matrix demo demo-down clean loadtest bench
+.PHONY: help venv harness harness-engine harness-osv images demo-images lint syntax pytest scenario test test-matrix demo demo-down clean loadtest bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -30,9 +30,14 @@ $(BIN)/.installed: requirements.txt constraints.txt
 
 venv: $(BIN)/.installed ## Create .venv with the pinned controller packages
 
-harness: ## Start (or reuse) the Docker engine, the apt cache and the local advisory endpoint
+harness: harness-engine harness-osv ## Start (or reuse) the Docker engine, the apt cache and the local advisory endpoint
+
+harness-engine:
 	@$(HARNESS) engine
 	@$(HARNESS) cache
+
+# The advisory endpoint runs on the venv's Python (PyYAML, packaging).
+harness-osv: venv
 	@$(HARNESS) osv
 
 images: harness ## Build the Debian 12/13 test-host images whose recipe changed
@@ -71,7 +76,18 @@ test: venv images ## Everything: lint, syntax, pytest, every scenario; one summa
 test-matrix: venv ## Every scenario on both Debian 12 and 13 (see README)
 	@MULTINOTES_MATRIX=full $(PY) molecule/_harness/testall.py
 
-demo: venv images ## Converge the stack into local containers and print the URL
+# The Debian versions the demo's containers run (demo/containers.yml names their images):
+# `make demo` builds only those, not every test image.
+DEMO_DEBIAN = $(sort $(shell sed -n 's/^ *image: *multinotes-debian:\([0-9][0-9]*\) *$$/\1/p' demo/containers.yml))
+
+demo-images: harness-engine
+	@test -n "$(DEMO_DEBIAN)" || { echo "make demo: demo/containers.yml names no multinotes-debian:<version> image" >&2; exit 1; }
+	@MULTINOTES_DEBIAN="$(DEMO_DEBIAN)" $(HARNESS) images
+
+# The venv (pip, from PyPI) with the advisory endpoint on it, and the engine and images (apt,
+# debootstrap), need nothing from each other: on a fresh machine they download side by side.
+demo: ## Converge the stack into local containers and print the URL
+	@$(MAKE) --no-print-directory -j2 --output-sync=target harness-osv demo-images
 	ansible-playbook molecule/_harness/create.yml -e @demo/containers.yml
 	@mkdir -p .cache/demo
 	ansible-playbook -i inventories/local molecule/_harness/ops.yml
