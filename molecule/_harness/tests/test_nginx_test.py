@@ -56,12 +56,12 @@ def trees(tmp_path):
     return live, staged
 
 
-def run(tmp_path, live, staged, *extra, env=None):
+def run(tmp_path, live, staged, *extra, env=None, stdin=None):
     nginx = executable(tmp_path / "nginx", FAKE_NGINX.format(log=tmp_path / "tree.txt"))
     systemctl = executable(tmp_path / "systemctl", FAKE_SYSTEMCTL)
     return subprocess.run(
         [sys.executable, str(SCRIPT), f"--conf-dir={live}", f"--nginx={nginx}", f"--systemctl={systemctl}", *extra, str(staged)],
-        capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
+        capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}, input=stdin)
 
 
 def test_nothing_differs_when_the_live_tree_is_the_staged_one(tmp_path, trees):
@@ -134,3 +134,53 @@ def test_differing_lists_only_regular_staged_files(tmp_path, trees):
     (staged / "new.conf").write_text("x\n")
     (staged / "link.conf").symlink_to(staged / "nginx.conf")
     assert nginx_test.differing(str(staged), str(live)) == ["new.conf"]
+
+
+def test_files_json_writes_exactly_the_given_files_then_tests_them(tmp_path, trees):
+    """The role sends its rendered templates on stdin: the staging directory holds exactly
+    them afterwards (a stale file removed), and the report compares them with the live tree."""
+    live, staged = trees
+    (staged / "stale.conf").write_text("old\n")
+    files = {"nginx.conf": "events {}\n", "conf.d/site.conf": "server { listen 81; }\n",
+             "snippets/new.conf": "add_header X 1;\n"}
+    result = run(tmp_path, live, staged, "--report", "--files-json", stdin=json.dumps(files))
+    assert result.returncode == 0, result.stderr
+    assert nginx_test.staged_files(str(staged)) == sorted(files)
+    for rel, text in files.items():
+        assert (staged / rel).read_text() == text
+        assert (staged / rel).stat().st_mode & 0o777 == 0o644
+    assert json.loads(result.stdout)["differ"] == ["conf.d/site.conf", "snippets/new.conf"]
+
+
+def test_files_json_leaves_an_unchanged_staged_file_alone(tmp_path, trees):
+    live, staged = trees
+    site = staged / "conf.d" / "site.conf"
+    os.utime(site, (1_000_000, 1_000_000))
+    result = run(tmp_path, live, staged, "--report", "--files-json",
+                 stdin=json.dumps({"nginx.conf": "events {}\n", "conf.d/site.conf": "server {}\n"}))
+    assert result.returncode == 0, result.stderr
+    assert site.stat().st_mtime == 1_000_000
+    assert json.loads(result.stdout)["differ"] == []
+
+
+def test_files_json_render_that_nginx_rejects_is_kept_for_inspection(tmp_path, trees):
+    live, staged = trees
+    result = run(tmp_path, live, staged, "--report", "--files-json",
+                 stdin=json.dumps({"nginx.conf": "events {}\n", "conf.d/site.conf": "server { broken }\n"}))
+    assert result.returncode == 1
+    assert (staged / "conf.d" / "site.conf").read_text() == "server { broken }\n"
+    assert (live / "conf.d" / "site.conf").read_text() == "server {}\n"
+
+
+@pytest.mark.parametrize("payload", [
+    "not json", "[]", '{"nginx.conf": 1}', '{"/etc/passwd": "x"}', '{"../escape.conf": "x"}',
+    '{"conf.d/../../escape.conf": "x"}', '{"": "x"}',
+])
+def test_files_json_refuses_bad_input_before_writing(tmp_path, trees, payload):
+    live, staged = trees
+    before = {rel: (staged / rel).read_text() for rel in nginx_test.staged_files(str(staged))}
+    result = run(tmp_path, live, staged, "--report", "--files-json", stdin=payload)
+    assert result.returncode == 2
+    assert "--files-json" in result.stderr
+    assert {rel: (staged / rel).read_text() for rel in nginx_test.staged_files(str(staged))} == before
+    assert not (tmp_path / "escape.conf").exists()
