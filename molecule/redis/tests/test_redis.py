@@ -3,6 +3,7 @@ the private network and an operator pulling the plug would see. Clients are the 
 redis-cli and redis-py (python3-redis, installed by prepare.yml) inside the containers."""
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -453,3 +454,21 @@ def test_a_file_redis_rejects_never_replaces_the_live_one(hosts, bad_vars):
     assert h.check_output("sha256sum %s %s %s", *files) == before
     assert h.check_output("systemctl show -p MainPID --value redis-server@broker redis-server@cache") == pids
     assert command(h, 6379, APP, "PING") == {"ok": True}
+
+
+def test_a_stopped_instance_is_reported_in_check_mode_and_started_alone(hosts):
+    """The role reads its instances' units in one call and starts only those not active and
+    enabled (issue #20): a stopped cache is reported by check mode and started by the
+    converge, while the running broker is not touched (same main PID)."""
+    h = hosts["redis-12"]
+    broker_pid = h.check_output("systemctl show -P MainPID redis-server@broker")
+    h.check_output("systemctl stop redis-server@cache")
+    for check in (True, False):
+        rc, out, recap = testlib.run_playbook(SCENARIO / "converge.yml", limit="redis-12", check=check)
+        assert rc == 0 and recap["redis-12"]["changed"] == 1, out
+        assert "changed: [redis-12] => (item=cache)" in out, out
+        # The role runs as redis or as multinotes.platform.redis (the collection): either prefix.
+        start = re.search(r"TASK \[[\w.]*redis : Start the enabled instances now and at boot\].*?(?=^TASK \[)", out, re.M | re.S)
+        assert start and "(item=cache)" in start[0] and "(item=broker)" not in start[0], out
+    assert h.service("redis-server@cache").is_running
+    assert h.check_output("systemctl show -P MainPID redis-server@broker") == broker_pid
