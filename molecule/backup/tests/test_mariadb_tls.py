@@ -105,6 +105,11 @@ def test_material_broken_behind_the_roles_back_is_put_back_then_left_alone(hosts
             assert "Restart mariadb" in changed[name], f"{case} on {name}: a new server certificate must reach the server"
             testlib.assert_active(h, "mariadb")
 
+    # The check agrees with what the tasks leave after a repair: proven once, after the
+    # deepest one (a new CA, the server certificate signed again). The idempotence step proves
+    # it after the first converge; the unit tests every way of breaking it (CI budget, #20).
+    if case != "ca-key-removed":
+        return
     rc, out, recap = testlib.run_playbook(PLAY, limit=",".join(HOSTS))
     assert rc == 0, out[-6000:]
     assert all(recap[name]["changed"] == 0 for name in HOSTS), (recap, testlib.changed_tasks(out))
