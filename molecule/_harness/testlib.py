@@ -225,19 +225,27 @@ def batched_run(batched_results, request):
     return result
 
 
-def changed_tasks(out):
-    """{host: [task name, ...]} of every task the output reports as changed."""
-    changed, task = {}, None
+def tasks_by_outcome(out, outcome="changed", *, drop_role=False):
+    """{host: [task name, ...]} of every task (or handler) the output reports as OUTCOME for
+    a host ("changed", "skipping", "ok"; once per loop item). With drop_role the role's
+    prefix ("mariadb : ", "multinotes.platform.redis : ") is left out of the name."""
+    found, task = {}, None
+    name = r"(?:[^\]]+ : )?(.*)" if drop_role else r"(.*)"
     for line in out.splitlines():
-        m = re.match(r"^(?:TASK|RUNNING HANDLER) \[(.*)\]", line)
+        m = re.match(rf"^(?:TASK|RUNNING HANDLER) \[{name}\]", line)
         if m:
             task = m.group(1)
             continue
-        m = re.match(r"^changed: \[([^\]]+)\]", line)
+        m = re.match(rf"^{re.escape(outcome)}: \[([^\]]+)\]", line)
         if m:
             host = m.group(1).split(" -> ")[0]
-            changed.setdefault(host, []).append(task)
-    return changed
+            found.setdefault(host, []).append(task)
+    return found
+
+
+def changed_tasks(out):
+    """{host: [task name, ...]} of every task the output reports as changed."""
+    return tasks_by_outcome(out, "changed")
 
 
 def assert_check_mode_changes_nothing(playbook, *, limit="all"):

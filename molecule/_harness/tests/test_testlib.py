@@ -134,3 +134,28 @@ def test_each_batched_case_is_its_own_test_and_a_failing_one_is_named(scenario):
     assert out.count("batched playbook runs: 3, 2 at a time") == 1, out
     # Live, when the batch ran, not in a passed test's captured output at the end.
     assert out.index("batched playbook runs") < out.index("test_bad_value_is_refused[negative] PASSED"), out
+
+
+RECORDED = """TASK [multinotes.platform.redis : Start the enabled instances now and at boot] ***
+changed: [redis-12] => (item=cache)
+skipping: [redis-13] => (item=broker)
+TASK [mariadb : Create the TLS directory] ***
+skipping: [ops-12]
+changed: [ops-13 -> localhost]
+RUNNING HANDLER [mariadb : Restart mariadb] ***
+changed: [ops-13]
+TASK [Gathering Facts] ***
+ok: [ops-12]
+"""
+
+
+def test_tasks_by_outcome_reads_each_host_once_per_item_with_or_without_the_role():
+    assert testlib.changed_tasks(RECORDED) == {
+        "redis-12": ["multinotes.platform.redis : Start the enabled instances now and at boot"],
+        "ops-13": ["mariadb : Create the TLS directory", "mariadb : Restart mariadb"]}
+    assert testlib.tasks_by_outcome(RECORDED, "changed", drop_role=True) == {
+        "redis-12": ["Start the enabled instances now and at boot"],
+        "ops-13": ["Create the TLS directory", "Restart mariadb"]}
+    assert testlib.tasks_by_outcome(RECORDED, "skipping", drop_role=True) == {
+        "redis-13": ["Start the enabled instances now and at boot"], "ops-12": ["Create the TLS directory"]}
+    assert testlib.tasks_by_outcome(RECORDED, "ok") == {"ops-12": ["Gathering Facts"]}

@@ -4,7 +4,6 @@ whatever is broken behind the role's back, the next converge puts back, and the 
 after it skips those tasks and changes nothing. The material is judged as a client judges
 it: openssl verifies the server certificate against the CA, for the host's name and address."""
 
-import re
 from pathlib import Path
 
 import pytest
@@ -25,21 +24,6 @@ WANTED = {".": "root mysql 750", "ca.key": "root mysql 600", "server.key": "root
 @pytest.fixture(scope="module")
 def hosts():
     return {name: testlib.host(name) for name in HOSTS}
-
-
-def tasks_by_outcome(out, outcome):
-    """{host: [task name, ...]} of the tasks the output reports as OUTCOME (changed, skipping)
-    for a host, the role's prefix ("mariadb : ") left out."""
-    found, task = {}, None
-    for line in out.splitlines():
-        m = re.match(r"^(?:TASK|RUNNING HANDLER) \[(?:[^\]]+ : )?(.*)\]", line)
-        if m:
-            task = m.group(1)
-            continue
-        m = re.match(rf"^{outcome}: \[([^\]]+)\]", line)
-        if m:
-            found.setdefault(m.group(1).split(" -> ")[0], []).append(task)
-    return found
 
 
 # One call per host: each file's owner, group and mode, each key's and certificate's public
@@ -96,7 +80,7 @@ def test_material_broken_behind_the_roles_back_is_put_back_then_left_alone(hosts
 
     rc, out, recap = testlib.run_playbook(PLAY, limit=",".join(HOSTS))
     assert rc == 0, out[-6000:]
-    changed = tasks_by_outcome(out, "changed")
+    changed = testlib.tasks_by_outcome(out, "changed", drop_role=True)
     for name, h in hosts.items():
         assert repairs in changed.get(name, []), f"{case} on {name}: {changed}\n{out[-6000:]}"
         after = assert_as_a_client_sees_it(h, name)
@@ -113,6 +97,6 @@ def test_material_broken_behind_the_roles_back_is_put_back_then_left_alone(hosts
     rc, out, recap = testlib.run_playbook(PLAY, limit=",".join(HOSTS))
     assert rc == 0, out[-6000:]
     assert all(recap[name]["changed"] == 0 for name in HOSTS), (recap, testlib.changed_tasks(out))
-    skipped = tasks_by_outcome(out, "skipping")
+    skipped = testlib.tasks_by_outcome(out, "skipping", drop_role=True)
     for name in HOSTS:
         assert set(CRYPTO_TASKS) <= set(skipped.get(name, [])), f"the no-op converge ran crypto tasks on {name}: {skipped}"
