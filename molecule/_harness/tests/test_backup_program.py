@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import types
 from pathlib import Path
 
@@ -544,6 +545,67 @@ def test_a_failed_shipping_run_keeps_the_last_covered_time(tmp_path, monkeypatch
     text = (tmp_path / "multinotes-backup-binlog.prom").read_text()
     assert 'multinotes_backup_binlog_covered_until_timestamp_seconds{check="backup-binlog"} 1796400000' in text
     assert 'multinotes_backup_last_run_success{check="backup-binlog"} 0' in text
+
+
+HOLD_LOCK = """
+import fcntl, sys, time
+fh = open(sys.argv[1], "w")
+fcntl.flock(fh, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def hold_lock(path, seconds):
+    """Another process (as cron's run is) holding PATH's lock for SECONDS."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(path), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_run_of_a_store_fails_at_once_naming_the_lock(tmp_path):
+    holder = hold_lock(tmp_path / "multinotes-backup-redis.lock", 30)
+    try:
+        started = time.monotonic()
+        with pytest.raises(mb.BackupError, match=r"another run holds .*multinotes-backup-redis\.lock; not starting"):
+            with mb.Lock({"lock_dir": str(tmp_path)}, "redis"):
+                pass
+        assert time.monotonic() - started < 1
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_binlog_shipping_waits_for_a_run_in_the_same_second_instead_of_failing(tmp_path, monkeypatch):
+    """The nightly `all` run and cron's `binlogs` run start in the same second whenever
+    their minutes meet: the second one waits for the first, then ships."""
+    said = []
+    monkeypatch.setattr(mb, "log", said.append)
+    holder = hold_lock(tmp_path / "multinotes-backup-binlog.lock", 1.5)
+    try:
+        started = time.monotonic()
+        with mb.Lock({"lock_dir": str(tmp_path)}, "binlog", wait=mb.BINLOG_LOCK_WAIT_S) as lock:
+            waited = time.monotonic() - started
+        assert 1.0 < waited < 10, waited
+        assert len(said) == 1 and "waiting up to 600 s" in said[0], said
+        assert lock.fh.closed
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_wait_for_the_lock_is_bounded_and_then_fails(tmp_path, monkeypatch):
+    monkeypatch.setattr(mb, "log", lambda msg: None)
+    holder = hold_lock(tmp_path / "multinotes-backup-binlog.lock", 30)
+    try:
+        started = time.monotonic()
+        with pytest.raises(mb.BackupError, match=r"after waiting 1 s; not starting"):
+            with mb.Lock({"lock_dir": str(tmp_path)}, "binlog", wait=1):
+                pass
+        assert 0.9 < time.monotonic() - started < 5
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_a_servers_binlog_history_id_is_made_once_beside_its_logs(tmp_path):

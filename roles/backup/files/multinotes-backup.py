@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import urllib.request
 
 CONFIG = os.environ.get("MULTINOTES_BACKUP_CONFIG", "/etc/multinotes-backup/config.json")
@@ -122,18 +123,33 @@ def alert(cfg, check, message):
 
 
 class Lock:
-    """One run per store at a time: a second run exits instead of overlapping."""
+    """One run per store at a time. A second run exits instead of overlapping, or, given
+    `wait` seconds, waits that long for the first to end (binary log shipping: short runs
+    every few minutes that the nightly `all` run and cron's `binlogs` both make, often in
+    the same second)."""
 
-    def __init__(self, cfg, name):
+    POLL_S = 0.2
+
+    def __init__(self, cfg, name, wait=0):
         self.path = os.path.join(cfg["lock_dir"], f"multinotes-backup-{name}.lock")
+        self.wait = wait
 
     def __enter__(self):
         self.fh = open(self.path, "w")  # noqa: SIM115
-        try:
-            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise BackupError(f"another run holds {self.path}; not starting a second one") from None
-        return self
+        deadline, told = time.monotonic() + self.wait, False
+        while True:
+            try:
+                fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    self.fh.close()
+                    waited = f" after waiting {self.wait} s" if self.wait else ""
+                    raise BackupError(f"another run holds {self.path}{waited}; not starting a second one") from None
+                if not told:
+                    log(f"another run holds {self.path}; waiting up to {self.wait} s for it to end")
+                    told = True
+                time.sleep(self.POLL_S)
 
     def __exit__(self, *exc):
         fcntl.flock(self.fh, fcntl.LOCK_UN)
@@ -553,6 +569,10 @@ BINLOG_KEY_RE = re.compile(r"/(\d{8}T\d{6}Z)_(\d{8}T\d{6}Z)_([A-Za-z0-9_.-]+\.\d
 BINLOG_EVENT_RE = re.compile(rb"^#(\d{6}) +(\d{1,2}:\d{2}:\d{2}) server id ")
 BINLOG_STATE = "binlog-shipped.json"
 BINLOG_EPOCH_FILE = "multinotes-binlog-epoch"
+# Shipping runs are short and every few minutes, and the nightly `all` run ships too, often
+# in the same second as cron's `binlogs` run: the second waits for the first instead of
+# failing. Longer than this, the holder is stuck or the store too slow: fail and alert.
+BINLOG_LOCK_WAIT_S = 600
 # A dump's snapshot is taken just before its stamp: a restore also reads the files whose
 # last event is up to this much older than the stamp (the GTID position skips what the dump has).
 BINLOG_SELECT_MARGIN = dt.timedelta(minutes=10)
@@ -640,7 +660,7 @@ def write_json(path, data):
 
 def ship_binlogs(cfg, client):
     m = cfg["mariadb"]
-    with Lock(cfg, "binlog"):
+    with Lock(cfg, "binlog", wait=BINLOG_LOCK_WAIT_S):
         def query(sql):
             return mariadb_query(cfg, sql, m["defaults_file"])
         log_bin, basename, gtid = query("SELECT @@GLOBAL.log_bin, @@GLOBAL.log_bin_basename, @@GLOBAL.gtid_binlog_pos")[0][:3]
