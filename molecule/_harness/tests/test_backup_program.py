@@ -673,6 +673,29 @@ def test_binlogs_are_kept_for_the_oldest_dump_or_base_whichever_is_older():
     assert mb.oldest_recovery_point(no_base, s3, ["20261203T021700Z"]) == mb.parse_stamp("20261201T021700Z")
 
 
+def test_the_nightly_run_leaves_the_base_to_a_base_run_in_progress(tmp_path, monkeypatch):
+    said = []
+    monkeypatch.setattr(mb, "log", said.append)
+    monkeypatch.setattr(mb, "mariadb_query", lambda *a, **k: pytest.fail("a second base backup was started"))
+    cfg = {**BCFG, "state_dir": str(tmp_path), "lock_dir": str(tmp_path)}
+    holder = hold_lock(tmp_path / f"multinotes-backup-{mb.BASE_STORE}.lock", 30)
+    try:
+        mb.base_unless_running(cfg, client=None)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert len(said) == 1 and said[0].startswith("base: not started, a base backup is running now"), said
+
+
+def test_the_nightly_runs_base_backup_fails_for_any_other_reason(tmp_path, monkeypatch):
+    def refuse(*a, **k):
+        raise mb.BackupError("mariadb query failed: Access denied")
+    monkeypatch.setattr(mb, "mariadb_query", refuse)
+    cfg = {**BCFG, "state_dir": str(tmp_path), "lock_dir": str(tmp_path)}
+    with pytest.raises(mb.BackupError, match="Access denied"):
+        mb.base_unless_running(cfg, client=None)
+
+
 def test_a_base_is_missing_or_stale_past_its_max_age(monkeypatch):
     now = dt.datetime.now(dt.timezone.utc)
     fresh, old = ((now - dt.timedelta(days=d)).strftime(mb.STAMP) for d in (2, 9))

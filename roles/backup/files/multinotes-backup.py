@@ -122,6 +122,10 @@ def alert(cfg, check, message):
             log(f"alert mail failed: {exc}")
 
 
+class LockHeld(BackupError):
+    """Another run holds a store's lock."""
+
+
 class Lock:
     """One run per store at a time. A second run exits instead of overlapping, or, given
     `wait` seconds, waits that long for the first to end (binary log shipping: short runs
@@ -145,7 +149,7 @@ class Lock:
                 if time.monotonic() >= deadline:
                     self.fh.close()
                     waited = f" after waiting {self.wait} s" if self.wait else ""
-                    raise BackupError(f"another run holds {self.path}{waited}; not starting a second one") from None
+                    raise LockHeld(f"another run holds {self.path}{waited}; not starting a second one") from None
                 if not told:
                     log(f"another run holds {self.path}; waiting up to {self.wait} s for it to end")
                     told = True
@@ -830,6 +834,15 @@ def base_stale(cfg, newest, now):
     return newest is None or now - parse_stamp(newest) > dt.timedelta(hours=cfg["mariadb"]["base"]["max_age_hours"])
 
 
+def base_unless_running(cfg, client):
+    """`all`'s base backup when none is fresh, unless the base schedule's run is making one
+    now (their minutes can meet): that run is the base, and waiting hours for it is not."""
+    try:
+        backup_base(cfg, client)
+    except LockHeld as exc:
+        log(f"base: not started, a base backup is running now ({exc})")
+
+
 def base_missing_or_stale(cfg, client):
     return base_stale(cfg, newest_base(cfg, client), dt.datetime.now(dt.timezone.utc))
 
@@ -1457,7 +1470,7 @@ def main():
         if args.cmd == "all" and cfg["mariadb"]["enabled"] and binlog_enabled(cfg):
             ship_binlogs(cfg, client)
         if args.cmd == "all" and base_enabled(cfg) and base_missing_or_stale(cfg, client):
-            backup_base(cfg, client)  # the first run on a host, or the base schedule's runs failing
+            base_unless_running(cfg, client)  # the first run on a host, or the base schedule's runs failing
         if args.cmd in ("redis", "all") and (args.cmd == "redis" or cfg["redis"]["enabled"]):
             backup_redis(cfg, client)
         if args.cmd == "binlogs":
