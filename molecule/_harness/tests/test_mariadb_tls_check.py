@@ -73,6 +73,7 @@ def converge(tmp, tls_dir, *extra, check_command=None, **overrides):
     play, command = tls_play(tmp)
     extra_vars = {"ansible_python_interpreter": sys.executable, "mariadb_tls_dir": str(tls_dir),
                   "mariadb_database": "multinotes", "mariadb_tls_names": NAMES, "mariadb_tls_days": 825,
+                  "mariadb_tls_renew_days": 30,
                   "__mariadb_tls_owner": USER, "__mariadb_tls_group": GROUP,
                   "__mariadb_tls_check_command": str(check_command or command), **overrides}
     env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json", ANSIBLE_REMOTE_TMP=str(tmp / "remote"))
@@ -99,7 +100,7 @@ def check(tls_dir, now=None, **changes):
     replace some), called in process."""
     args = {"dir": str(tls_dir), "ca-name": CA_NAME, "server-name": NAMES[0], "san": json.dumps(SAN),
             "owner": USER, "group": GROUP, "dir-mode": "0750", "ca-key-mode": "0600",
-            "server-key-mode": "0640", "cert-mode": "0644"}
+            "server-key-mode": "0640", "cert-mode": "0644", "renew-days": "30"}
     args.update({key.replace("_", "-"): value for key, value in changes.items()})
     argv = [f"--{key}={value}" for key, value in args.items()]
     return _capture(lambda: tls_check.main(argv, now=now))
@@ -179,7 +180,7 @@ def test_the_material_the_tasks_make_is_right(made):
     assert not skipped(first["Make the CA key and the server key"]), "a fresh directory must not be taken as right"
     assert first["Check whether the TLS material is what the tasks below would leave"]["stdout"], first
     verdict = check(tls_dir)
-    assert verdict == {"right": True, "reasons": [], "absent": []}, verdict
+    assert verdict == {"right": True, "reasons": [], "absent": [], "renew": []}, verdict
 
 
 def test_a_converge_over_right_material_skips_the_tasks_and_changes_nothing(made, tmp_path):
@@ -192,7 +193,7 @@ def test_a_converge_over_right_material_skips_the_tasks_and_changes_nothing(made
 def test_the_tasks_made_to_run_over_right_material_change_nothing(made, tmp_path):
     """The check's "right" is never a change the tasks would still make: forced past the
     check, every task runs and none changes anything."""
-    forced = {"__mariadb_tls_verdict": {"right": False, "reasons": ["forced by the test"], "absent": []}}
+    forced = {"__mariadb_tls_verdict": {"right": False, "reasons": ["forced by the test"], "absent": [], "renew": []}}
     rc, tasks, out = converge(tmp_path, made[0], **forced)
     assert rc == 0, out[-4000:]
     assert not any(skipped(tasks[name]) for name in CRYPTO_TASKS), tasks
@@ -241,7 +242,8 @@ def test_the_check_knows_every_parameter_of_the_tasks_it_stands_for():
         "Self-sign the CA certificate": {
             "path": "{{ mariadb_tls_dir }}/ca.pem", "csr_content": "{{ __mariadb_ca_csr.csr }}",
             "privatekey_path": "{{ mariadb_tls_dir }}/ca.key", "provider": "selfsigned",
-            "selfsigned_not_after": "+{{ mariadb_tls_days }}d", **ownership, "mode": "{{ __mariadb_tls_modes['cert'] }}"},
+            "selfsigned_not_after": "+{{ mariadb_tls_days }}d", "force": "{{ 'ca.pem' in __mariadb_tls_verdict['renew'] }}",
+            **ownership, "mode": "{{ __mariadb_tls_modes['cert'] }}"},
         "Make the server's signing request": {
             "privatekey_path": "{{ mariadb_tls_dir }}/server.key", "common_name": "{{ __mariadb_tls_server_name }}",
             "subject_alt_name": "{{ __mariadb_tls_server_san }}", "extended_key_usage": ["serverAuth"]},
@@ -249,6 +251,7 @@ def test_the_check_knows_every_parameter_of_the_tasks_it_stands_for():
             "path": "{{ mariadb_tls_dir }}/server.pem", "csr_content": "{{ __mariadb_server_csr.csr }}",
             "provider": "ownca", "ownca_path": "{{ mariadb_tls_dir }}/ca.pem",
             "ownca_privatekey_path": "{{ mariadb_tls_dir }}/ca.key", "ownca_not_after": "+{{ mariadb_tls_days }}d",
+            "force": "{{ 'server.pem' in __mariadb_tls_verdict['renew'] }}",
             **ownership, "mode": "{{ __mariadb_tls_modes['cert'] }}"},
     }, "tls.yml's community.crypto parameters changed: change files/mariadb_tls_check.py with them, then this test"
 
@@ -399,8 +402,77 @@ def test_what_is_not_right_is_caught_and_said(copy, case):
                          ids=["a-second-after-expiry", "a-second-before"])
 def test_expiry_is_judged_at_the_second(copy, when, reason):
     after = min(tls_check.validity(load(copy / name, "cert"))[1] for name in ("ca.pem", "server.pem"))
-    verdict = check(copy, now=when(after))
+    verdict = check(copy, now=when(after), renew_days="0")
     assert verdict["right"] is (reason is None), verdict
+
+
+@pytest.mark.parametrize("days_left, renew", [(31, False), (29, True)], ids=["past-the-window", "in-the-window"])
+def test_a_certificate_expiring_within_the_renewal_window_is_due(copy, days_left, renew):
+    """Both certificates were made together: DAYS_LEFT before the earlier one expires, both
+    are due, or none."""
+    after = min(tls_check.validity(load(copy / name, "cert"))[1] for name in ("ca.pem", "server.pem"))
+    verdict = check(copy, now=after - dt.timedelta(days=days_left))
+    assert verdict["right"] is not renew, verdict
+    assert verdict["renew"] == (["ca.pem", "server.pem"] if renew else []), verdict
+    if renew:
+        assert any("within 30 days: made again" in line for line in verdict["reasons"]), verdict
+
+
+def test_an_expired_certificate_is_due(copy):
+    after = tls_check.validity(load(copy / "server.pem", "cert"))[1]
+    verdict = check(copy, now=after + dt.timedelta(days=1), renew_days="0")
+    assert verdict["renew"] == ["ca.pem", "server.pem"] and not verdict["right"], verdict
+
+
+def test_certificates_near_their_end_are_made_again_with_the_same_keys_then_left_alone(tmp_path):
+    """tls.yml's own tasks: material made for 20 days, then a converge with the defaults
+    (825 days, renewed within 30) makes both certificates again, keys kept, the server's
+    still issued by the CA; the converge after it changes nothing."""
+    tls = tmp_path / "tls"
+    rc, tasks, out = converge(tmp_path, tls, mariadb_tls_days=20, mariadb_tls_renew_days=10)
+    assert rc == 0 and check(tls)["renew"] == ["ca.pem", "server.pem"], out[-4000:]
+    keys = {name: (tls / name).read_bytes() for name in ("ca.key", "server.key")}
+    rc, tasks, out = converge(tmp_path, tls)
+    assert rc == 0, out[-4000:]
+    assert changed(tasks) == ["Self-sign the CA certificate", "Sign the server certificate with the CA"], changed(tasks)
+    assert {name: (tls / name).read_bytes() for name in keys} == keys
+    verdict = check(tls)
+    assert verdict["right"] and verdict["renew"] == [], verdict
+    after = min(tls_check.validity(load(tls / name, "cert"))[1] for name in ("ca.pem", "server.pem"))
+    assert after - dt.datetime.now(dt.timezone.utc) > dt.timedelta(days=824)
+    rc, tasks, out = converge(tmp_path, tls)
+    assert rc == 0 and changed(tasks) == [] and all(skipped(tasks[name]) for name in CRYPTO_TASKS), out[-4000:]
+
+
+VALIDATE_PLAY = """- name: The mariadb role's validation only
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Validate
+      ansible.builtin.include_role:
+        name: mariadb
+        tasks_from: validate
+    - name: Reached only when every rule passed
+      ansible.builtin.debug:
+        msg: VALID
+"""
+
+
+@pytest.mark.parametrize("days, renew, ok", [(825, 30, True), (20, 19, True), (20, 20, False), (825, 0, False),
+                                             (825, "soon", False)])
+def test_a_renewal_window_not_below_the_lifetime_is_refused_naming_the_variable(tmp_path, days, renew, ok):
+    (tmp_path / "play.yml").write_text(VALIDATE_PLAY)
+    strong = "Aa1!" + "x" * 20  # pragma: allowlist secret
+    extra = {"mariadb_tls_days": days, "mariadb_tls_renew_days": renew, "mariadb_runtime_password": strong,
+             "mariadb_migrate_password": strong + "m"}
+    env = dict(os.environ, ANSIBLE_ROLES_PATH=str(ROOT / "roles"), ANSIBLE_NOCOLOR="1", ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
+    proc = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", "probe,", "-c", "local",
+                           "-e", json.dumps(extra), str(tmp_path / "play.yml")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert (proc.returncode == 0 and "VALID" in out) if ok else (proc.returncode != 0 and "VALID" not in out), out[-3000:]
+    if not ok:
+        assert f"mariadb_tls_renew_days={json.dumps(renew)} must be whole days from 1 to below" in out, out[-3000:]
 
 
 def test_the_files_absent_are_named_for_check_mode(copy):
@@ -430,4 +502,4 @@ def test_a_check_that_fails_knows_nothing_and_says_not_right(copy, monkeypatch):
     monkeypatch.setattr(tls_check.Checker, "compare", lambda self, data: 1 / 0)
     verdict = check(copy)
     assert verdict == {"right": False, "reasons": ["the check failed: ZeroDivisionError: division by zero"],
-                       "absent": [".", "ca.key", "ca.pem", "server.key", "server.pem"]}, verdict
+                       "absent": [".", "ca.key", "ca.pem", "server.key", "server.pem"], "renew": []}, verdict

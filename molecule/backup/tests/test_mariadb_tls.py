@@ -100,3 +100,28 @@ def test_material_broken_behind_the_roles_back_is_put_back_then_left_alone(hosts
     skipped = testlib.tasks_by_outcome(out, "skipping", drop_role=True)
     for name in HOSTS:
         assert set(CRYPTO_TASKS) <= set(skipped.get(name, [])), f"the no-op converge ran crypto tasks on {name}: {skipped}"
+
+
+def test_certificates_near_their_end_are_made_again_and_reach_the_server(hosts):
+    """Certificates made for 20 days are due within the default 30: the next converge makes
+    both again with the same keys, restarts MariaDB for the new server certificate, and the
+    converge after it changes nothing. (x509_certificate alone ignores dates: an expiring
+    certificate would have stayed until it broke every client.)"""
+    limit = ",".join(HOSTS)
+    for h in hosts.values():
+        h.check_output(f"rm {TLS}/ca.pem {TLS}/server.pem")
+    rc, out, recap = testlib.run_playbook(PLAY, limit=limit, extra_vars={"mariadb_tls_days": 20, "mariadb_tls_renew_days": 10})
+    assert rc == 0, out[-6000:]
+    before = {name: assert_as_a_client_sees_it(h, name) for name, h in hosts.items()}
+    ends = "openssl x509 -noout -enddate -in %s/server.pem" % TLS
+    rc, out, recap = testlib.run_playbook(PLAY, limit=limit)
+    assert rc == 0, out[-6000:]
+    changed = testlib.tasks_by_outcome(out, "changed", drop_role=True)
+    for name, h in hosts.items():
+        assert {"Self-sign the CA certificate", "Sign the server certificate with the CA", "Restart mariadb"} <= set(changed[name]), changed
+        assert assert_as_a_client_sees_it(h, name) == before[name], f"{name}: a key was made anew"
+        end = h.check_output("date -d \"$(%s | cut -d= -f2)\" +%%s" % ends)
+        assert int(end) - int(h.check_output("date +%s")) > 824 * 86400, end
+        testlib.assert_active(h, "mariadb")
+    rc, out, recap = testlib.run_playbook(PLAY, limit=limit)
+    assert rc == 0 and all(recap[name]["changed"] == 0 for name in HOSTS), (recap, testlib.changed_tasks(out))

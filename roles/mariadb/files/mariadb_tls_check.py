@@ -3,7 +3,7 @@
 #
 # Usage: multinotes-mariadb-tls-check --dir DIR --ca-name CN --server-name CN --san JSON_LIST
 #          --owner USER --group GROUP --dir-mode MODE --ca-key-mode MODE
-#          --server-key-mode MODE --cert-mode MODE
+#          --server-key-mode MODE --cert-mode MODE [--renew-days DAYS]
 #
 # Tells, in one read-only call, whether the TLS material in DIR is exactly what the role's
 # community.crypto tasks would leave there, so that a converge with nothing to change can
@@ -15,7 +15,10 @@
 #   "reasons": why not, one line per finding (never any key material);
 #   "absent": which of ".", ca.key, server.key, ca.pem, server.pem (relative to DIR, "."
 #             being DIR itself) do not exist: check mode skips the tasks that would read
-#             one, which a real run would first create.
+#             one, which a real run would first create;
+#   "renew":  which of ca.pem, server.pem are not valid now or expire within DAYS days: the
+#             tasks make them again (force), with the same keys. x509_certificate ignores
+#             dates by default, so without this an expired certificate would stay.
 # The exit status is 0 whenever a verdict was printed, 2 on bad arguments.
 #
 # What it compares mirrors community.crypto 3.x (openssl_privatekey, openssl_csr_pipe and
@@ -29,9 +32,9 @@
 #   server.pem: server.key's public key, issued and signed by ca.pem, subject CN=--server-name,
 #           extensions exactly the request's (the SAN list in its order, extendedKeyUsage
 #           serverAuth) plus its subject key identifier and the CA's authority key identifier;
-#   both:  the exact PEM the module writes, valid now (x509_certificate ignores timestamps by
-#          default and would not renew an expired certificate: an expired one is reported
-#          here, never taken as right);
+#   both:  the exact PEM the module writes, valid now and for more than --renew-days days
+#          (x509_certificate ignores timestamps by default: such a one is reported here and
+#          listed under "renew", never taken as right);
 #   owner, group and mode of DIR and of each file (regular files, not links).
 # tls.yml and this file change together: molecule/_harness/tests/test_mariadb_tls_check.py
 # fails when the tasks gain a parameter this check does not know.
@@ -74,6 +77,7 @@ class Checker:
         self.now = now or dt.datetime.now(dt.timezone.utc)
         self.reasons = []
         self.absent = []
+        self.renew = []
 
     def wrong(self, reason):
         self.reasons.append(reason)
@@ -167,6 +171,10 @@ class Checker:
         before, after = validity(cert)
         if not before <= self.now < after:
             self.wrong(f"{name}: not valid now (valid from {before:%Y-%m-%d %H:%M} to {after:%Y-%m-%d %H:%M} UTC)")
+            self.renew.append(name)
+        elif after - self.now <= dt.timedelta(days=self.args.renew_days):
+            self.wrong(f"{name}: expires {after:%Y-%m-%d %H:%M} UTC, within {self.args.renew_days} days: made again")
+            self.renew.append(name)
         return cert
 
     def ca(self, cert, key):
@@ -235,7 +243,8 @@ class Checker:
                 self.wrong(f"{name}: {label} is {describe(have[oid])}; wanted {describe(want[oid])}")
 
     def verdict(self):
-        return {"right": not self.reasons, "reasons": self.reasons, "absent": sorted(set(self.absent))}
+        return {"right": not self.reasons, "reasons": self.reasons, "absent": sorted(set(self.absent)),
+                "renew": sorted(set(self.renew))}
 
 
 def validity(cert):
@@ -318,6 +327,8 @@ def main(argv=None, now=None):
     parser.add_argument("--group", required=True, help="group of the directory and every file")
     for name in ("dir", "ca-key", "server-key", "cert"):
         parser.add_argument(f"--{name}-mode", required=True, type=octal, help="octal mode, e.g. 0640")
+    parser.add_argument("--renew-days", type=int, default=0,
+                        help="a certificate expiring within this many days is listed under renew (mariadb_tls_renew_days)")
     args = parser.parse_args(argv)
     checker = Checker(args, now)
     # An owner or group this host does not have: nothing can be right, the rest is still looked at.
@@ -327,7 +338,7 @@ def main(argv=None, now=None):
         verdict = checker.run()
     except Exception as exc:  # noqa: BLE001 - a check that fails knows nothing: "not right"
         verdict = {"right": False, "reasons": [f"the check failed: {type(exc).__name__}: {exc}"],
-                   "absent": sorted((".",) + FILES)}
+                   "absent": sorted((".",) + FILES), "renew": []}
     print(json.dumps(verdict))
     return 0
 
