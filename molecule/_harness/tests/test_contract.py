@@ -63,7 +63,7 @@ def test_each_shared_value_has_exactly_one_definition():
     (r"/srv/", "multinotes_app_root"),
     (r"/var/lib/multinotes-backup", "multinotes_backup_state_dir"),
     (r"/etc/mysql/tls", "multinotes_db_tls_dir"),
-    (r"\b91(00|21|13|04)\b|\b3903\b", "multinotes_exporters"),
+    (r"\b91(00|21|13|04)\b|\b3903\b|\b8405\b", "multinotes_exporters"),
 ])
 def test_playbooks_name_shared_paths_and_ports_by_their_one_home(literal, home):
     for playbook in PLAYBOOKS:

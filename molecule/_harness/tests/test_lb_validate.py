@@ -62,7 +62,11 @@ def test_a_good_inventory_passes(tmp_path):
     (inventory(lb=("lb1", "lb2")), [], "this repository runs one balancer"),
     # Two listeners on one port.
     (inventory(), ["-e", "haproxy_http_port=443"], "haproxy_http_port=443, haproxy_https_port=443"),
-], ids=["lb-host-also-web", "zero-backends", "health-path-without-slash", "two-balancers", "same-ports"])
+    # The metrics listener on a port another listener has, or on no address of the host.
+    (inventory(), ["-e", "haproxy_metrics_port=8404"], "haproxy_metrics_port=8404 (multinotes_exporters.haproxy.port) must all differ"),
+    (inventory(), ["-e", "multinotes_private_address=lb1.internal"], "haproxy_metrics_address (by default multinotes_private_address"),
+], ids=["lb-host-also-web", "zero-backends", "health-path-without-slash", "two-balancers", "same-ports",
+        "metrics-port-taken", "metrics-address-not-an-ip"])
 def test_bad_input_fails_in_validation_naming_what_to_set(tmp_path, inv, extra, message):
     rc, out = run(tmp_path, inv, *extra)
     assert rc != 0 and "VALID" not in out, out

@@ -2,8 +2,9 @@
 restarts Pebble, which keeps its accounts in memory): both web hosts serve
 through HAProxy; nginx sees each client's own address (the login limit throttles one client,
 not everyone) and a client gains nothing by sending its own X-Forwarded-For or PROXY header;
-a web host whose nginx stops is taken out of rotation within a bound, and the requests in
-that window are counted; the certificate comes from Pebble through the balancer and a forced
+HAProxy's metrics tell each web host's state on the private network only; a web host whose
+nginx stops is taken out of rotation within a bound (DOWN in the metrics too), and the
+requests in that window are counted; the certificate comes from Pebble through the balancer and a forced
 renewal is served with no manual step; a converge after systemd restarted a crashed HAProxy
 passes and changes nothing; a rolling reboot under a continuous client fails no
 request; bad input fails before any change."""
@@ -25,6 +26,31 @@ LB = "stack-lb"
 EJECTION_BOUND = 5.0
 # The client addresses: this controller (the network's gateway) and stack-ops.
 CONTROLLER = "10.231.7.1"
+# The balancer's private address (molecule.yml), where its metrics listen.
+LB_ADDRESS = "10.231.7.10"
+METRICS_PORT = 8405  # group_vars/all/monitoring.yml, multinotes_exporters.haproxy
+METRIC_LINE = re.compile(r'^(\w+)\{([^}]*)\} (\S+)$')
+
+
+def lb_metrics(client=LB, path="/metrics"):
+    """HAProxy's Prometheus metrics as a client on the private network reads them:
+    {(name, frozenset of label pairs): value}."""
+    out = root(client).check_output("curl -s --max-time 5 http://%s:%s%s", LB_ADDRESS, str(METRICS_PORT), path)
+    found = {}
+    for line in out.splitlines():
+        m = METRIC_LINE.match(line)
+        if m:
+            labels = frozenset(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
+            found[(m.group(1), labels)] = float(m.group(3))
+    return found
+
+
+def server_state(metrics, server):
+    """The state whose haproxy_server_status series is 1 for SERVER in the web backend."""
+    states = [dict(labels)["state"] for (name, labels), value in metrics.items()
+              if name == "haproxy_server_status" and value == 1
+              and dict(labels).get("proxy") == "multinotes_web" and dict(labels).get("server") == server]
+    return states[0] if len(states) == 1 else states
 
 
 def lb_status():
@@ -82,6 +108,19 @@ def test_the_backend_port_answers_the_balancer_only():
     assert out.rc != 0 and out.stdout in ("", "000"), (out.rc, out.stdout)
 
 
+def test_the_balancers_metrics_tell_each_web_hosts_state_on_the_private_network_only():
+    """What the monitoring's LbServerDown, LbNoServerUp and LbServerDrainedTooLong read,
+    from HAProxy itself: every web host UP, two active servers. Only GET /metrics; and with
+    no monitoring host in this inventory the firewall opens the port to no one."""
+    metrics = lb_metrics()
+    assert {server_state(metrics, name) for name in WEBS} == {"UP"}, {name: server_state(metrics, name) for name in WEBS}
+    assert metrics[("haproxy_backend_active_servers", frozenset({("proxy", "multinotes_web")}))] == len(WEBS)
+    other = root(LB).run("curl -s --max-time 5 -o /dev/null -w '%%{http_code}' http://%s:%s/", LB_ADDRESS, str(METRICS_PORT))
+    assert other.stdout == "403", (other.rc, other.stdout)
+    dropped = root("stack-ops").run("curl -s --max-time 3 -o /dev/null http://%s:%s/metrics", LB_ADDRESS, str(METRICS_PORT))
+    assert dropped.rc == 28, (dropped.rc, dropped.stderr)  # timed out: dropped by the firewall
+
+
 def test_a_web_host_whose_nginx_stops_is_ejected_within_the_bound():
     victim = root("stack-web2")
     assert all(s["state"] == "UP" for s in lb_status().values()), lb_status()
@@ -100,7 +139,11 @@ def test_a_web_host_whose_nginx_stops_is_ejected_within_the_bound():
         window = [t for t in load.failed_at if t <= stopped + (ejected or 30)]
         after = [t for t in load.failed_at if stopped + (ejected or 30) < t <= counted_until]
     line = load.report(f"nginx stopped on stack-web2: ejected after {ejected} s", counted_until - stopped)
+    # What LbServerDown reads: HAProxy's metrics say DOWN for it, UP for the other.
+    metrics = lb_metrics()
+    down_in_metrics = (server_state(metrics, "stack-web2"), server_state(metrics, "stack-web"))
     victim.check_output("systemctl start nginx")
+    assert down_in_metrics == ("DOWN", "UP"), down_in_metrics
     print(f"ejection: {ejected:.2f} s (bound {EJECTION_BOUND} s); failed requests in that window {len(window)}, "
           f"after it {len(after)}; {load.counts}")
     assert ejected is not None and ejected <= EJECTION_BOUND, line
