@@ -128,7 +128,13 @@ def chosen(host, groups, app_hosts, scheduler=""):
 
 
 def test_a_host_in_every_group_runs_every_check():
-    assert chosen("one", ["web", "worker", "scheduler", "redis", "db", "lb"], ["one"], "one") == IDS
+    assert chosen("one", ["web", "worker", "scheduler", "redis", "db", "lb", "monitoring"], ["one"], "one") == IDS
+
+
+def test_the_monitoring_checks_run_on_the_monitoring_hosts_only():
+    monitoring_checks = {"monitoring-targets", "monitoring-alerts"}
+    assert chosen("mon1", ["monitoring"], ["web1"]) == monitoring_checks | {c["id"] for c in CATALOG if "all" in c["hosts"]}
+    assert not monitoring_checks & chosen("web1", ["web", "worker", "scheduler", "redis", "db"], ["web1"], "web1")
 
 
 def test_the_balancer_checks_run_on_the_balancer_only():

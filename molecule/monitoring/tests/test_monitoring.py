@@ -68,6 +68,31 @@ def test_prometheus_scrapes_the_target_and_it_is_up(prom, job, instance):
     assert targets[(job, instance)]["health"] == "up", targets[(job, instance)]["lastError"]
 
 
+CHECK = "/usr/local/sbin/multinotes-monitoring-check"  # group_vars/all/monitoring.yml
+
+
+def test_the_launch_checks_monitoring_command_asks_the_running_prometheus(prom):
+    """What the launch check's monitoring-targets and monitoring-alerts run on a monitoring
+    host: it passes on this scenario, and fails, naming why, for a job nobody scrapes and
+    for a threshold other than the rule's."""
+    jobs = " ".join(f"--job {job}" for job in ("node", "redis", "nginx", "nginx_log", "mysqld"))
+    deadline = time.time() + 60
+    while (targets := prom.run(f"{CHECK} targets {jobs}")).rc != 0 and time.time() < deadline:
+        time.sleep(2)  # a target scraped once only after the converge can still be "unknown"
+    assert targets.rc == 0, targets.stdout + targets.stderr
+    assert "redis: 2 of 2 up (mon-app:broker, mon-app:cache)" in targets.stdout, targets.stdout
+    missing = prom.run(f"{CHECK} targets {jobs} --job haproxy")
+    assert missing.rc == 1 and "MISSING job haproxy" in missing.stdout, missing.stdout
+    rules = ("--rule HostDown --rule 'HighCpu>80' --rule 'HighMemory>80' --rule 'DiskSpaceLow<20' --rule 'High5xxRate>50' "
+             "--rule MariaDBDown --rule RedisDown --rule 'CertificateExpiringSoon<30' --rule BackupFailed "
+             "--rule 'RollbackErrorRate>10@300' --rule 'RollbackResponseTime>5@300'")
+    alerts = prom.run(f"{CHECK} alerts --route {rules}")
+    assert alerts.rc == 0, alerts.stdout + alerts.stderr
+    assert "-> webhook receivers" in alerts.stdout, alerts.stdout
+    wrong = prom.run(f"{CHECK} alerts --rule 'HighCpu>95'")
+    assert wrong.rc == 1 and "does not compare > 95" in wrong.stdout, wrong.stdout
+
+
 @pytest.mark.parametrize("expr", [
     # What each exporter reads, not just that it answers: the data store really answered it.
     'redis_up{instance="mon-app:broker"}', 'redis_up{instance="mon-app:cache"}', 'mysql_up',
