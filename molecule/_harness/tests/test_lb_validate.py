@@ -3,6 +3,7 @@ the controller against small inventories: each bad inventory or value fails the 
 validation task, with a message naming what the user sets, before any task that changes
 anything. (The stack scenario runs the same role on real hosts.)"""
 
+import json
 import os
 import subprocess
 import textwrap
@@ -63,8 +64,10 @@ def test_a_good_inventory_passes(tmp_path):
     # Two listeners on one port.
     (inventory(), ["-e", "haproxy_http_port=443"], "haproxy_http_port=443, haproxy_https_port=443"),
     # The metrics listener on a port another listener has, or on no address of the host.
-    (inventory(), ["-e", "haproxy_metrics_port=8404"], "haproxy_metrics_port=8404 (multinotes_exporters.haproxy.port) must all differ"),
-    (inventory(), ["-e", "multinotes_private_address=lb1.internal"], "haproxy_metrics_address (by default multinotes_private_address"),
+    (inventory(), ["-e", "haproxy_metrics_enabled=true", "-e", "haproxy_metrics_port=8404"],
+     "haproxy_metrics_port=8404 (multinotes_exporters.haproxy.port) must all differ"),
+    (inventory(), ["-e", "haproxy_metrics_enabled=true", "-e", "multinotes_private_address=lb1.internal"],
+     "haproxy_metrics_address (by default multinotes_private_address"),
 ], ids=["lb-host-also-web", "zero-backends", "health-path-without-slash", "two-balancers", "same-ports",
         "metrics-port-taken", "metrics-address-not-an-ip"])
 def test_bad_input_fails_in_validation_naming_what_to_set(tmp_path, inv, extra, message):
@@ -72,3 +75,30 @@ def test_bad_input_fails_in_validation_naming_what_to_set(tmp_path, inv, extra, 
     assert rc != 0 and "VALID" not in out, out
     flat = " ".join(out.split())  # the callback folds long messages over lines
     assert "Check the role's inputs" in flat and message in flat, textwrap.shorten(out, 3000)
+
+
+METRICS_PLAYBOOK = """\
+- name: Whether the balancer's metrics listen
+  hosts: lb
+  gather_facts: false
+  roles:
+    - role: haproxy
+      tags: [never]
+  tasks:
+    - name: Say it
+      ansible.builtin.debug:
+        msg: "METRICS={{ haproxy_metrics_enabled | bool }}"
+"""
+
+
+@pytest.mark.parametrize("monitoring, expected", [([], "METRICS=False"), (["mon1"], "METRICS=True")])
+def test_the_metrics_listen_only_where_a_monitoring_host_scrapes_them(tmp_path, monitoring, expected):
+    """As the exporters: without a monitoring host the listener would be one nobody may reach
+    (the launch check's listeners check refuses it)."""
+    (tmp_path / "inventory.yml").write_text(inventory())
+    (tmp_path / "play.yml").write_text(METRICS_PLAYBOOK)
+    env = dict(os.environ, ANSIBLE_ROLES_PATH=str(ROOT / "roles"), ANSIBLE_NOCOLOR="1", ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
+    proc = subprocess.run(["ansible-playbook", "-i", str(tmp_path / "inventory.yml"), str(tmp_path / "play.yml"),
+                           "-e", json.dumps({"multinotes_monitoring_hosts": monitoring})],
+                          capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert proc.returncode == 0 and expected in proc.stdout, proc.stdout + proc.stderr
