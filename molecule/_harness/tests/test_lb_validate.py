@@ -37,9 +37,9 @@ def inventory(lb=("lb1",), web=("web1", "web2")):
     return text
 
 
-def run(tmp_path, inv, *extra):
+def run(tmp_path, inv, *extra, playbook=PLAYBOOK):
     (tmp_path / "inventory.yml").write_text(inv)
-    (tmp_path / "play.yml").write_text(PLAYBOOK)
+    (tmp_path / "play.yml").write_text(playbook)
     env = dict(os.environ, ANSIBLE_ROLES_PATH=str(ROOT / "roles"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
                ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
     proc = subprocess.run(["ansible-playbook", "-i", str(tmp_path / "inventory.yml"), str(tmp_path / "play.yml"), *extra],
@@ -95,10 +95,6 @@ METRICS_PLAYBOOK = """\
 def test_the_metrics_listen_only_where_a_monitoring_host_scrapes_them(tmp_path, monitoring, expected):
     """As the exporters: without a monitoring host the listener would be one nobody may reach
     (the launch check's listeners check refuses it)."""
-    (tmp_path / "inventory.yml").write_text(inventory())
-    (tmp_path / "play.yml").write_text(METRICS_PLAYBOOK)
-    env = dict(os.environ, ANSIBLE_ROLES_PATH=str(ROOT / "roles"), ANSIBLE_NOCOLOR="1", ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
-    proc = subprocess.run(["ansible-playbook", "-i", str(tmp_path / "inventory.yml"), str(tmp_path / "play.yml"),
-                           "-e", json.dumps({"multinotes_monitoring_hosts": monitoring})],
-                          capture_output=True, text=True, env=env, timeout=120, check=False)
-    assert proc.returncode == 0 and expected in proc.stdout, proc.stdout + proc.stderr
+    rc, out = run(tmp_path, inventory(), "-e", json.dumps({"multinotes_monitoring_hosts": monitoring}),
+                  playbook=METRICS_PLAYBOOK)
+    assert rc == 0 and expected in out, out
