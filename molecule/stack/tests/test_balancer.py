@@ -32,10 +32,10 @@ METRICS_PORT = 8405  # group_vars/all/monitoring.yml, multinotes_exporters.hapro
 METRIC_LINE = re.compile(r'^(\w+)\{([^}]*)\} (\S+)$')
 
 
-def lb_metrics(client=LB, path="/metrics"):
-    """HAProxy's Prometheus metrics as a client on the private network reads them:
+def lb_metrics():
+    """HAProxy's Prometheus metrics as read on the balancer's private address:
     {(name, frozenset of label pairs): value}."""
-    out = root(client).check_output("curl -s --max-time 5 http://%s:%s%s", LB_ADDRESS, str(METRICS_PORT), path)
+    out = root(LB).check_output("curl -s --max-time 5 http://%s:%s/metrics", LB_ADDRESS, str(METRICS_PORT))
     found = {}
     for line in out.splitlines():
         m = METRIC_LINE.match(line)
